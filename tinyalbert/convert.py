@@ -1,0 +1,450 @@
+"""Convert a Hugging Face ALBERT checkpoint into a tinyalbert weights file.
+
+    python -m tinyalbert.convert SRC OUT.h5 [--dtype float32|float16]
+    python -m tinyalbert.convert [DIR] OUT.h5 --from-hub albert/albert-xxlarge-v2
+
+SRC is a checkpoint directory, or the weights file inside one.  The directory must hold:
+
+    config.json                            the model's hyper-parameters
+    spiece.model                           the SentencePiece vocabulary (embedded in OUT.h5)
+    model.safetensors  or  pytorch_model.bin   the tensors
+
+model.safetensors is read by this module itself (no torch, no safetensors package): the file is
+an 8-byte little-endian header length, a JSON header giving each tensor's dtype, shape and byte
+range, then the raw bytes.  pytorch_model.bin needs torch (imported only then).
+
+Accepted checkpoints: AlbertForMaskedLM (what the hub publishes: no pooler, no SOP head) and
+AlbertForPreTraining (with pooler and SOP head).  An AlbertModel checkpoint (bare encoder, keys
+without the "albert." prefix) is refused: it has no MLM head, and every tinyalbert model needs one.
+Tied duplicates (predictions.decoder.weight/bias) and buffers (*position_ids, *token_type_ids)
+that older writers saved are ignored.  Anything else missing, unexpected or mis-shaped is refused
+with the full list.
+
+The tensor names need no renaming: tinyalbert uses the reference names as they are.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import struct
+import sys
+from typing import Any, Iterator
+
+import numpy as np
+
+from .config import AlbertConfig
+from .params import SOP_HEAD_KEYS, param_shapes
+from .weights import WeightsError, save
+
+CONFIG_FILE = "config.json"
+SPIECE_FILE = "spiece.model"
+SAFETENSORS_FILE = "model.safetensors"
+TORCH_FILE = "pytorch_model.bin"
+HUB_FILES = (CONFIG_FILE, SPIECE_FILE, SAFETENSORS_FILE)
+DEFAULT_HUB_REPO = "albert/albert-xxlarge-v2"
+
+# Keys a checkpoint may carry that tinyalbert does not store: the MLM decoder is tied to the word
+# embedding and to predictions.bias, and the position/token-type ids are buffers, not parameters.
+TIED = {"predictions.decoder.weight": "albert.embeddings.word_embeddings.weight",
+        "predictions.decoder.bias": "predictions.bias"}
+BUFFER_SUFFIXES = ("position_ids", "token_type_ids")
+
+
+class ConvertError(ValueError):
+    """A checkpoint that cannot be converted; the message is one line (or a list) naming the problem."""
+
+    exit_code = 1
+
+
+class MissingFileError(ConvertError):
+    """A required source file (config.json, spiece.model, the weights) is not there."""
+
+    exit_code = 2
+
+
+class HubUnavailable(ConvertError):
+    """--from-hub could not download the files (no huggingface_hub, no network, ...)."""
+
+    exit_code = 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# reading safetensors without the safetensors package
+# ---------------------------------------------------------------------------------------------------
+# safetensors dtype code -> (numpy dtype of the stored bytes, how to decode them)
+_ST_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+
+
+def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top 16 bits of a float32: shift them back into place."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+class SourceTensor:
+    """One tensor of a checkpoint, read only when np.asarray() asks for it.
+
+    Has `.shape` and `.dtype` (the dtype it decodes to), so shapes can be checked before any data
+    is read, and weights.save can convert a 0.9 GB checkpoint one tensor at a time.
+    """
+
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype, read, source_dtype: str):
+        self.name, self.shape, self.dtype = name, tuple(shape), np.dtype(dtype)
+        self.source_dtype = source_dtype
+        self._read = read
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self._read()
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"SourceTensor({self.name!r}, shape={self.shape}, {self.source_dtype})"
+
+
+def read_safetensors(path: str) -> dict[str, SourceTensor]:
+    """The tensors of a .safetensors file, memory-mapped (nothing is read until used)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ConvertError(f"{path} is not a safetensors file (shorter than 8 bytes)")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(size - 8, 100 << 20):
+            raise ConvertError(f"{path} is not a safetensors file (header length {header_len} is impossible)")
+        try:
+            header = json.loads(f.read(header_len).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConvertError(f"{path} is not a safetensors file (bad JSON header: {e})") from None
+    if not isinstance(header, dict):
+        raise ConvertError(f"{path} is not a safetensors file (header is not a JSON object)")
+    data_start = 8 + header_len
+    whole = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
+    tensors: dict[str, SourceTensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            code, shape, (begin, end) = info["dtype"], tuple(int(n) for n in info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ConvertError(f"{path}: malformed header entry for tensor {name}") from None
+        if code not in _ST_DTYPES:
+            raise ConvertError(f"{path}: tensor {name} has dtype {code}; supported: {', '.join(_ST_DTYPES)}")
+        raw_dtype = _ST_DTYPES[code]
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - begin != count * raw_dtype.itemsize or begin < 0 or data_start + end > size:
+            raise ConvertError(f"{path}: tensor {name} has a bad byte range {begin}..{end} "
+                               "(file truncated or corrupt)")
+
+        def read(begin=begin, count=count, raw_dtype=raw_dtype, shape=shape, code=code):
+            lo = data_start + begin
+            raw = whole[lo:lo + count * raw_dtype.itemsize]
+            if lo % raw_dtype.itemsize:  # unaligned: copy out the bytes first
+                raw = np.array(raw)
+            arr = raw.view(raw_dtype).reshape(shape)
+            return _bf16_to_f32(arr) if code == "BF16" else arr
+
+        decoded = np.float32 if code == "BF16" else raw_dtype.newbyteorder("=")
+        tensors[name] = SourceTensor(name, shape, decoded, read, code)
+    return tensors
+
+
+def read_torch_bin(path: str) -> dict[str, SourceTensor]:
+    """The tensors of a pytorch_model.bin (needs torch; loaded with weights_only=True)."""
+    try:
+        import torch
+    except ImportError:
+        raise ConvertError(f"{path} is a PyTorch pickle and reading it needs torch, which is not installed; "
+                           "install torch, or convert from model.safetensors instead") from None
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # old (non-zip) serialisation cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConvertError(f"cannot read {path} with torch.load(weights_only=True): {first}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConvertError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    tensors: dict[str, SourceTensor] = {}
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise ConvertError(f"{path}: entry {name} is a {type(t).__name__}, not a tensor")
+        if not t.is_floating_point():
+            # integer buffers such as position_ids: keep their names so they are recognised and ignored
+            tensors[name] = SourceTensor(name, tuple(t.shape), np.int64, lambda t=t: t.numpy(), str(t.dtype))
+            continue
+
+        def read(t=t):
+            t = t.detach()
+            if t.dtype == torch.bfloat16:
+                t = t.float()
+            return t.numpy()
+
+        dtype = np.float32 if t.dtype == torch.bfloat16 else torch.empty(0, dtype=t.dtype).numpy().dtype
+        tensors[name] = SourceTensor(name, tuple(t.shape), dtype, read, str(t.dtype).removeprefix("torch."))
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------------
+# finding the files and matching the tensors
+# ---------------------------------------------------------------------------------------------------
+def find_source(src: str) -> tuple[str, str, str]:
+    """(weights file, config.json, spiece.model) for a checkpoint directory or weights file."""
+    src = os.fspath(src)
+    if not os.path.exists(src):
+        raise MissingFileError(f"source not found: {src}")
+    if os.path.isdir(src):
+        directory = src
+        for name in (SAFETENSORS_FILE, TORCH_FILE):
+            if os.path.isfile(os.path.join(src, name)):
+                weights_file = os.path.join(src, name)
+                break
+        else:
+            sharded = [n for n in os.listdir(src) if n.endswith(".index.json")]
+            if sharded:
+                raise ConvertError(f"{src} holds a sharded checkpoint ({sharded[0]}); tinyalbert.convert reads "
+                                   f"a single {SAFETENSORS_FILE} or {TORCH_FILE}")
+            raise MissingFileError(f"{src} has no {SAFETENSORS_FILE} or {TORCH_FILE}")
+    else:
+        weights_file = src
+        directory = os.path.dirname(os.path.abspath(src))
+    config_file = os.path.join(directory, CONFIG_FILE)
+    spiece_file = os.path.join(directory, SPIECE_FILE)
+    for needed in (config_file, spiece_file):
+        if not os.path.isfile(needed):
+            raise MissingFileError(f"missing {os.path.basename(needed)}: expected it at {needed} "
+                                   "(next to the checkpoint's weights)")
+    return weights_file, config_file, spiece_file
+
+
+def read_tensors(weights_file: str) -> dict[str, SourceTensor]:
+    """Dispatch on the file's content: safetensors, or a torch zip/pickle."""
+    with open(weights_file, "rb") as f:
+        head = f.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # zip archive (torch >= 1.6) or bare pickle
+        return read_torch_bin(weights_file)
+    if len(head) == 9 and head[8:9] == b"{":
+        return read_safetensors(weights_file)
+    raise ConvertError(f"{weights_file} is neither a safetensors file nor a PyTorch checkpoint")
+
+
+def select_params(tensors: dict[str, SourceTensor], config: AlbertConfig, where: str) -> dict[str, SourceTensor]:
+    """Match checkpoint tensors to tinyalbert's parameters; refuse with a full list if they don't fit."""
+    names = list(tensors)
+    if names and not any(n.startswith("albert.") for n in names) and any(n.startswith("embeddings.") for n in names):
+        raise ConvertError(
+            f"{where} is an AlbertModel checkpoint (bare encoder: keys like 'embeddings.word_embeddings.weight' "
+            "without the 'albert.' prefix). It has no MLM head (predictions.*), which every tinyalbert model "
+            "needs; convert an AlbertForMaskedLM or AlbertForPreTraining checkpoint instead")
+    kept = {n: t for n, t in tensors.items()
+            if n not in TIED and not n.rsplit(".", 1)[-1] in BUFFER_SUFFIXES}
+    sop_head = any(k in kept for k in SOP_HEAD_KEYS)
+    expected = param_shapes(config, sop_head=sop_head)
+    problems = []
+    missing = [k for k in expected if k not in kept]
+    if missing:
+        problems.append("missing tensors: " + ", ".join(missing))
+    unexpected = [k for k in kept if k not in expected]
+    if unexpected:
+        problems.append("unexpected tensors: " + ", ".join(unexpected))
+    for k, shape in expected.items():
+        if k in kept and kept[k].shape != shape:
+            problems.append(f"tensor {k} has shape {kept[k].shape}, expected {shape} (from config.json)")
+    for k, t in kept.items():
+        if k in expected and not np.issubdtype(t.dtype, np.floating):
+            problems.append(f"tensor {k} has dtype {t.source_dtype}, expected a float type")
+    if problems:
+        raise ConvertError(f"{where} does not match config.json: " + "; ".join(problems))
+    # An untied decoder would silently change the model: make sure the duplicates really are duplicates.
+    for dup, target in TIED.items():
+        if dup in tensors and target in kept:
+            a, b = np.asarray(tensors[dup]), np.asarray(kept[target])
+            if a.shape != b.shape or not np.array_equal(a, b):
+                raise ConvertError(f"{where}: {dup} differs from {target}; tinyalbert ties the MLM decoder "
+                                   "to them, so it cannot represent this checkpoint")
+    return {k: kept[k] for k in expected}
+
+
+def _sha256(path: str, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_vocab(spiece_bytes: bytes, config: AlbertConfig, spiece_file: str) -> None:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(spiece_bytes)
+    except Exception:  # sentencepiece raises RuntimeError or OSError depending on the version
+        raise ConvertError(f"{spiece_file} is not a SentencePiece model") from None
+    if sp.GetPieceSize() != config.vocab_size:
+        raise ConvertError(f"{spiece_file} has {sp.GetPieceSize()} pieces but config.json says "
+                           f"vocab_size={config.vocab_size}")
+
+
+def convert(src: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "float32",
+            progress: bool | None = None) -> str:
+    """Convert the checkpoint at `src` (directory or weights file) into `out_path`; returns out_path.
+
+    dtype: "float32" (bit-identical to a float32 checkpoint) or "float16" (half the size; loaded
+    back as float32).  progress: show a tqdm bar (None = only on a terminal).
+    Raises ConvertError (MissingFileError for an absent config.json / spiece.model / weights).
+    """
+    from . import __version__
+
+    try:
+        out_dtype = np.dtype(dtype)
+    except TypeError:
+        out_dtype = None
+    if out_dtype is None or out_dtype.name not in ("float32", "float16"):
+        raise ConvertError(f"dtype must be float32 or float16, not {dtype}")
+    out_dir = os.path.dirname(os.path.abspath(os.fspath(out_path)))
+    if not os.path.isdir(out_dir):
+        raise ConvertError(f"output directory does not exist: {out_dir}")
+    weights_file, config_file, spiece_file = find_source(os.fspath(src))
+    try:
+        config = AlbertConfig.from_json(config_file)
+    except (ValueError, TypeError) as e:
+        raise ConvertError(f"{config_file}: {e}") from None
+    with open(spiece_file, "rb") as f:
+        spiece_bytes = f.read()
+    _check_vocab(spiece_bytes, config, spiece_file)
+
+    tensors = read_tensors(weights_file)
+    params = select_params(tensors, config, weights_file)
+    if out_dtype == np.float16:
+        params = {k: _checked_half(t) for k, t in params.items()}
+
+    architectures = config.extra.get("architectures")
+    provenance = {
+        "converter": f"tinyalbert.convert {__version__}",
+        "source": os.path.abspath(os.fspath(src)),
+        "source_architectures": architectures,
+        "source_dtypes": sorted({t.source_dtype for t in tensors.values()}),
+        "source_files": [{"name": os.path.basename(p), "bytes": os.path.getsize(p), "sha256": _sha256(p)}
+                         for p in (weights_file, config_file, spiece_file)],
+        "ignored_tensors": sorted(set(tensors) - set(params)),
+    }
+    total = sum(int(np.prod(t.shape, dtype=np.int64)) for t in params.values()) * out_dtype.itemsize
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting",
+              disable=None if progress is None else not progress, file=sys.stderr) as bar:
+        try:
+            save(out_path, config, params, spiece_model_bytes=spiece_bytes, provenance=provenance,
+                 dtype=out_dtype, progress=bar.update)
+        except WeightsError as e:
+            raise ConvertError(str(e)) from None
+    return os.fspath(out_path)
+
+
+def _checked_half(t: SourceTensor) -> SourceTensor:
+    """Wrap a tensor so that its float16 copy is checked for overflow when it is written."""
+
+    def read():
+        arr = np.asarray(t)
+        half = arr.astype(np.float16)
+        if not np.isfinite(half).all() and np.isfinite(arr).all():
+            raise ConvertError(f"tensor {t.name} overflows float16 (|x| > 65504); convert with --dtype float32")
+        return half
+
+    return SourceTensor(t.name, t.shape, np.float16, read, t.source_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# --from-hub
+# ---------------------------------------------------------------------------------------------------
+def manual_download_help(repo: str, directory: str | None) -> str:
+    where = directory or "a new directory, e.g. ./albert-xxlarge-v2"
+    lines = [f"Download these {len(HUB_FILES)} files by hand from https://huggingface.co/{repo}/tree/main",
+             f"and put them together in {where}:"]
+    lines += [f"    https://huggingface.co/{repo}/resolve/main/{name}" for name in HUB_FILES]
+    lines.append(f"then run: python -m tinyalbert.convert {directory or 'DIR'} OUT.h5")
+    return "\n".join(lines)
+
+
+def download_from_hub(repo: str, directory: str | None) -> str:
+    """Fetch config.json, spiece.model and model.safetensors; returns the directory holding them."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise HubUnavailable("huggingface_hub is not installed") from None
+    paths = []
+    try:
+        for name in HUB_FILES:
+            kwargs = {"local_dir": directory} if directory else {}
+            paths.append(hf_hub_download(repo_id=repo, filename=name, **kwargs))
+    except Exception as e:  # offline, DNS failure, 404, ...: all mean "do it by hand"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HubUnavailable(f"downloading {repo} failed ({type(e).__name__}: {first[:200]})") from None
+    return os.path.dirname(paths[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tinyalbert.convert",
+        description="Convert a Hugging Face ALBERT checkpoint (model.safetensors or pytorch_model.bin, with "
+                    "config.json and spiece.model beside it) into a tinyalbert HDF5 weights file.",
+        epilog="examples:\n"
+               "  python -m tinyalbert.convert ./albert-xxlarge-v2 weights/albert-xxlarge-v2.h5\n"
+               "  python -m tinyalbert.convert ./albert-xxlarge-v2 xxlarge-fp16.h5 --dtype float16\n"
+               "  python -m tinyalbert.convert ./albert-xxlarge-v2 out.h5 --from-hub albert/albert-xxlarge-v2",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="SRC OUT.h5",
+                   help="checkpoint directory or weights file, then the output file; with --from-hub, "
+                        "SRC is optional and is the directory to download into")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="storage dtype of OUT.h5 (float16 halves the file; it is computed in float32)")
+    p.add_argument("--from-hub", metavar="REPO", nargs="?", const=DEFAULT_HUB_REPO, default=None,
+                   help=f"download the checkpoint first with huggingface_hub (default repo {DEFAULT_HUB_REPO})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    # argparse's own usage errors exit 2 with a usage line; keep that.
+    args = parser.parse_args(argv)
+    try:
+        if args.from_hub:
+            if len(args.paths) > 2:
+                raise ConvertError("with --from-hub give at most [DIR] OUT.h5")
+            directory = args.paths[0] if len(args.paths) == 2 else None
+            out = args.paths[-1]
+            try:
+                src = download_from_hub(args.from_hub, directory)
+            except HubUnavailable as e:
+                print(f"error: {e}", file=sys.stderr)
+                print(manual_download_help(args.from_hub, directory), file=sys.stderr)
+                return e.exit_code
+        else:
+            if len(args.paths) != 2:
+                raise ConvertError("expected SRC OUT.h5 (see --help)")
+            src, out = args.paths
+        convert(src, out, dtype=args.dtype, progress=False if args.no_progress else None)
+    except ConvertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except (WeightsError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    size = os.path.getsize(out)
+    print(f"wrote {out} ({size / 2**20:.1f} MiB, {args.dtype})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

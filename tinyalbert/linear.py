@@ -1,0 +1,42 @@
+"""Linear layer: y = x W^T + b, with W stored [out, in] as in the reference checkpoints.
+
+This one op is every projection in ALBERT: the E->H embedding projection
+(`embedding_hidden_mapping_in`), q, k, v and the attention output (`dense`),
+the feed-forward pair (`ffn`, `ffn_output`), the pooler, the SOP classifier
+and the MLM head's `dense`.  The products go to BLAS through NumPy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import add_bias_, column_sum_
+
+
+def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, tuple]:
+    """x: (..., IN), weight: (OUT, IN), bias: (OUT,) or None  ->  y: (..., OUT).
+
+    y = x W^T + b
+    """
+    x2 = x.reshape(-1, x.shape[-1])
+    y = x2 @ weight.T
+    if bias is not None:
+        add_bias_(y, bias)
+    return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight)
+
+
+def linear_backward(dy: np.ndarray, cache: tuple, dweight: np.ndarray,
+                    dbias: np.ndarray | None) -> np.ndarray:
+    """dy: (..., OUT)  ->  dx: (..., IN); accumulates dweight += dy^T x and dbias += sum(dy).
+
+    dL/dx = dy W          dL/dW = dy^T x          dL/db = sum over rows of dy
+    Weight gradients are accumulated (+=), never overwritten, so a weight used
+    several times (ALBERT's shared layer) collects the sum of its uses.
+    """
+    x, weight = cache
+    x2 = x.reshape(-1, x.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    dweight += dy2.T @ x2
+    if dbias is not None:
+        column_sum_(dy2, dbias)
+    dx = dy2 @ weight
+    return dx.reshape(x.shape)

@@ -1,0 +1,47 @@
+"""Cross-entropy for MLM (labels -100 are ignored) and SOP.
+
+For logits z (N, C) and labels y (N,), over the M rows whose label is not -100:
+    loss = (1/M) sum_n [ logsumexp(z_n) - z_n[y_n] ]
+    d loss / d z_n = (softmax(z_n) - onehot(y_n)) / M        (zero for ignored rows)
+The pretraining loss is MLM cross-entropy + SOP cross-entropy, as in the reference.
+When no row is labelled (M = 0) the loss is 0 with zero gradient; PyTorch would give nan.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE_INDEX = -100
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def cross_entropy_forward(logits: np.ndarray, labels: np.ndarray) -> tuple[float, tuple]:
+    """logits: (N, C), labels: (N,) int with -100 = ignore  ->  mean loss over labelled rows."""
+    labels = np.asarray(labels).reshape(-1)
+    logits = logits.reshape(labels.size, -1)
+    keep = labels != IGNORE_INDEX
+    count = int(keep.sum())
+    logp = log_softmax(logits)
+    if count == 0:
+        loss = 0.0
+    else:
+        picked = logp[np.nonzero(keep)[0], labels[keep]]
+        loss = float(-picked.sum() / count)
+    return loss, (logp, labels, keep, count)
+
+
+def cross_entropy_backward(cache: tuple, dloss: float = 1.0) -> np.ndarray:
+    """ -> dlogits (N, C) = dloss * (softmax - onehot) / M on labelled rows, 0 elsewhere."""
+    logp, labels, keep, count = cache
+    dlogits = np.exp(logp)
+    if count == 0:
+        return np.zeros_like(dlogits)
+    rows = np.nonzero(keep)[0]
+    dlogits[rows, labels[keep]] -= 1
+    dlogits[~keep] = 0
+    dlogits *= dlogits.dtype.type(dloss / count)
+    return dlogits

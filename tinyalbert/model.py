@@ -1,0 +1,174 @@
+"""The ALBERT pretraining model: the whole forward and backward on one page.
+
+    e      = LayerNorm(word[ids] + type[tt] + pos[0..T-1])          embeddings.py   (B, T, E)
+    h_0    = e Wmap^T + bmap                                          encoder.py      (B, T, H)
+    h_i    = AlbertLayer(h_{i-1}),  i = 1..L, one shared weight set   layer.py        (B, T, H)
+    mlm    = LayerNorm(gelu(h_L Wd^T + bd)) Wword^T + b               heads.py        (B, T, V)
+    pooled = tanh(h_L[:, 0] Wp^T + bp);   sop = pooled Ws^T + bs      heads.py        (B, 2)
+    loss   = CE(mlm at labelled positions) + CE(sop)                  losses.py
+
+`loss_and_grads` runs the same forward keeping every cache, then the backward
+in reverse order.  Gradients accumulate (+=) into one dict with the params'
+keys, which is what makes the shared layer's gradient the sum over its L uses
+and the tied word-embedding gradient the sum of lookup and decoder parts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import AlbertConfig
+from .embeddings import embeddings_backward, embeddings_forward
+from .encoder import encoder_backward, encoder_forward
+from .heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward, sop_head_backward,
+                    sop_head_forward)
+from .layer import sub
+from .losses import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
+from .params import EMB, MLM, POOLER, SOP, Params, check_params, has_sop_head
+from .softmax import additive_key_mask
+
+
+@dataclass
+class ForwardOutput:
+    """What `Albert.forward` returns.  Shapes: B batch, T tokens, H hidden, V vocabulary, NH heads."""
+
+    mlm_logits: np.ndarray                      # (B, T, V)
+    sop_logits: np.ndarray | None               # (B, 2), None without the SOP head
+    pooled: np.ndarray | None                   # (B, H), None without the SOP head
+    hidden_states: list[np.ndarray]             # L+1 arrays (B, T, H): projected embeddings, then each application
+    attentions: list[np.ndarray] | None         # one (B, NH, T, T) per layer application, if asked for
+
+    @property
+    def last_hidden_state(self) -> np.ndarray:
+        return self.hidden_states[-1]
+
+
+class Albert:
+    """ALBERT for pretraining (MLM + SOP), or for masked LM only when the params have no SOP head.
+
+    params: flat dict of reference names -> arrays (see params.py); float32 or float64, all one dtype.
+    """
+
+    def __init__(self, config: AlbertConfig, params: Params, tokenizer=None):
+        check_params(config, params)
+        dtypes = {p.dtype for p in params.values()}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
+            raise ValueError(f"params must all be float32 or all float64, got {sorted(map(str, dtypes))}")
+        self.config = config
+        self.params = params
+        self.tokenizer = tokenizer
+        self.dtype = next(iter(dtypes)).type
+        self.last_stats: dict = {}
+
+    @property
+    def has_sop_head(self) -> bool:
+        return has_sop_head(self.params)
+
+    # ---- input checking ------------------------------------------------------------------------------
+    def _prepare_inputs(self, input_ids, token_type_ids, attention_mask):
+        ids = np.asarray(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids must have shape (batch, tokens) with at least one token, got {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"input_ids must be integers, got dtype {ids.dtype}")
+        B, T = ids.shape
+        c = self.config
+        if T > c.max_position_embeddings:
+            raise ValueError(f"sequence of {T} tokens is longer than the model's maximum of "
+                             f"{c.max_position_embeddings} positions")
+        bad = ids[(ids < 0) | (ids >= c.vocab_size)]
+        if bad.size:
+            raise ValueError(f"token id {int(bad[0])} is outside the vocabulary [0, {c.vocab_size})")
+
+        def as_batch(a, name, default):
+            if a is None:
+                return default
+            a = np.asarray(a)
+            if a.ndim == 1:
+                a = a[None, :]
+            if a.shape != (B, T):
+                raise ValueError(f"{name} has shape {a.shape}, expected {(B, T)} like input_ids")
+            return a
+
+        tt = as_batch(token_type_ids, "token_type_ids", np.zeros((B, T), dtype=np.int64))
+        if ((tt < 0) | (tt >= c.type_vocab_size)).any():
+            raise ValueError(f"token_type_ids must be in [0, {c.type_vocab_size})")
+        mask = as_batch(attention_mask, "attention_mask", np.ones((B, T), dtype=np.int64))
+        return ids.astype(np.int64, copy=False), tt.astype(np.int64, copy=False), mask
+
+    # ---- forward ---------------------------------------------------------------------------------------
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                output_attentions: bool = False) -> ForwardOutput:
+        """input_ids (B, T) -> ForwardOutput with MLM logits at every position and SOP logits."""
+        ids, tt, mask = self._prepare_inputs(input_ids, token_type_ids, attention_mask)
+        c, p = self.config, self.params
+        embedded, _ = embeddings_forward(ids, tt, sub(p, EMB), c.layer_norm_eps)
+        key_mask = additive_key_mask(mask, self.dtype)
+        hidden_states, attentions, _ = encoder_forward(embedded, key_mask, p, c, keep_cache=False,
+                                                       output_attentions=output_attentions)
+        last = hidden_states[-1]
+        mlm_logits, _ = mlm_head_forward(last, sub(p, MLM), p[EMB + "word_embeddings.weight"], c.layer_norm_eps)
+        pooled = sop_logits = None
+        if self.has_sop_head:
+            pooled, _ = pooler_forward(last, p[POOLER + "weight"], p[POOLER + "bias"])
+            sop_logits, _ = sop_head_forward(pooled, p[SOP + "weight"], p[SOP + "bias"])
+        return ForwardOutput(mlm_logits, sop_logits, pooled, hidden_states, attentions)
+
+    # ---- forward + backward ----------------------------------------------------------------------------
+    def loss_and_grads(self, input_ids, token_type_ids, attention_mask, mlm_labels,
+                       sop_labels=None) -> tuple[float, Params]:
+        """Pretraining loss (MLM mean CE over labelled positions + SOP CE) and its gradient for every param.
+
+        mlm_labels: (B, T), -100 where nothing is predicted.  sop_labels: (B,) or None (MLM only).
+        The MLM head runs only at labelled positions: the loss needs no others, and the result is identical.
+        """
+        ids, tt, mask = self._prepare_inputs(input_ids, token_type_ids, attention_mask)
+        c, p = self.config, self.params
+        labels = np.asarray(mlm_labels).reshape(ids.shape)
+        bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= c.vocab_size))]
+        if bad.size:
+            raise ValueError(f"mlm label {int(bad[0])} is neither -100 nor a token id in [0, {c.vocab_size})")
+        if sop_labels is not None and not self.has_sop_head:
+            raise ValueError("sop_labels were given but these params have no SOP head (pooler + sop_classifier)")
+        grads = {name: np.zeros_like(value) for name, value in p.items()}
+
+        # forward, keeping caches
+        embedded, emb_cache = embeddings_forward(ids, tt, sub(p, EMB), c.layer_norm_eps)
+        hidden_states, _, enc_cache = encoder_forward(embedded, additive_key_mask(mask, self.dtype), p, c)
+        last = hidden_states[-1]
+        b_idx, t_idx = np.nonzero(labels != IGNORE_INDEX)
+        picked = last[b_idx, t_idx]                                               # (M, H)
+        mlm_logits, mlm_cache = mlm_head_forward(picked, sub(p, MLM), p[EMB + "word_embeddings.weight"],
+                                                 c.layer_norm_eps)
+        mlm_loss, mlm_ce_cache = cross_entropy_forward(mlm_logits, labels[b_idx, t_idx])
+        loss = mlm_loss
+        sop_loss = None
+        if sop_labels is not None:
+            sop_labels = np.asarray(sop_labels).reshape(-1)
+            pooled, pool_cache = pooler_forward(last, p[POOLER + "weight"], p[POOLER + "bias"])
+            sop_logits, sop_cache = sop_head_forward(pooled, p[SOP + "weight"], p[SOP + "bias"])
+            sop_loss, sop_ce_cache = cross_entropy_forward(sop_logits, sop_labels)
+            loss += sop_loss
+
+        # backward, in reverse
+        dlast = np.zeros_like(last)
+        dpicked = mlm_head_backward(cross_entropy_backward(mlm_ce_cache), mlm_cache, sub(grads, MLM),
+                                    grads[EMB + "word_embeddings.weight"])
+        dlast[b_idx, t_idx] = dpicked          # each labelled position appears once
+        if sop_labels is not None:
+            dpooled = sop_head_backward(cross_entropy_backward(sop_ce_cache), sop_cache, grads[SOP + "weight"],
+                                        grads[SOP + "bias"])
+            dlast += pooler_backward(dpooled, pool_cache, grads[POOLER + "weight"], grads[POOLER + "bias"])
+        dembedded = encoder_backward(dlast, enc_cache, grads)
+        embeddings_backward(dembedded, emb_cache, sub(grads, EMB), padding_idx=c.pad_token_id)
+
+        self.last_stats = {
+            "mlm_loss": mlm_loss, "sop_loss": sop_loss,
+            "mlm_correct": int((mlm_logits.argmax(-1) == labels[b_idx, t_idx]).sum()), "mlm_count": int(b_idx.size),
+            "sop_correct": int((sop_logits.argmax(-1) == sop_labels).sum()) if sop_labels is not None else 0,
+            "sop_count": int(sop_labels.size) if sop_labels is not None else 0,
+        }
+        return float(loss), grads

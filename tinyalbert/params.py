@@ -1,0 +1,147 @@
+"""The flat parameter store: every tensor's name, shape and initial value.
+
+Parameters are one `dict[str, np.ndarray]` keyed by the reference checkpoint's
+own names, so that converting a published checkpoint is a copy with no
+renaming.  Gradients are a dict with the same keys.  Linear weights are stored
+[out, in], as PyTorch stores them: y = x @ W.T + b.
+
+    albert.embeddings.word_embeddings.weight          (V, E)   also the MLM decoder (tied)
+    albert.embeddings.position_embeddings.weight      (P, E)
+    albert.embeddings.token_type_embeddings.weight    (2, E)
+    albert.embeddings.LayerNorm.{weight,bias}         (E,)
+    albert.encoder.embedding_hidden_mapping_in.weight (H, E)   .bias (H,)
+    albert.encoder.albert_layer_groups.{g}.albert_layers.{j}.
+        attention.{query,key,value,dense}.weight      (H, H)   .bias (H,)
+        attention.LayerNorm.{weight,bias}             (H,)
+        ffn.weight (I, H)  ffn.bias (I,)
+        ffn_output.weight (H, I)  ffn_output.bias (H,)
+        full_layer_layer_norm.{weight,bias}           (H,)
+    albert.pooler.weight (H, H)  albert.pooler.bias (H,)           [pretraining head only]
+    predictions.dense.weight (E, H)  predictions.dense.bias (E,)
+    predictions.LayerNorm.{weight,bias} (E,)
+    predictions.bias (V,)
+    sop_classifier.classifier.weight (2, H)  .bias (2,)             [pretraining head only]
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import AlbertConfig
+
+Params = dict[str, np.ndarray]
+
+EMB = "albert.embeddings."
+MAPPING = "albert.encoder.embedding_hidden_mapping_in."
+POOLER = "albert.pooler."
+MLM = "predictions."
+SOP = "sop_classifier.classifier."
+SOP_HEAD_KEYS = (POOLER + "weight", POOLER + "bias", SOP + "weight", SOP + "bias")
+
+
+def layer_prefix(group: int, inner: int) -> str:
+    """Name prefix of the shared layer `inner` of group `group`."""
+    return f"albert.encoder.albert_layer_groups.{group}.albert_layers.{inner}."
+
+
+def layer_shapes(config: AlbertConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of one ALBERT layer's tensors, by their name inside the layer."""
+    H, I = config.hidden_size, config.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in ("query", "key", "value", "dense"):
+        shapes[f"attention.{name}.weight"] = (H, H)
+        shapes[f"attention.{name}.bias"] = (H,)
+    shapes["attention.LayerNorm.weight"] = (H,)
+    shapes["attention.LayerNorm.bias"] = (H,)
+    shapes["ffn.weight"] = (I, H)
+    shapes["ffn.bias"] = (I,)
+    shapes["ffn_output.weight"] = (H, I)
+    shapes["ffn_output.bias"] = (H,)
+    shapes["full_layer_layer_norm.weight"] = (H,)
+    shapes["full_layer_layer_norm.bias"] = (H,)
+    return shapes
+
+
+def param_shapes(config: AlbertConfig, sop_head: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in the reference checkpoint's order.
+
+    sop_head=False gives the published `AlbertForMaskedLM` set: no pooler and no SOP classifier.
+    """
+    V, E, H = config.vocab_size, config.embedding_size, config.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {
+        EMB + "word_embeddings.weight": (V, E),
+        EMB + "position_embeddings.weight": (config.max_position_embeddings, E),
+        EMB + "token_type_embeddings.weight": (config.type_vocab_size, E),
+        EMB + "LayerNorm.weight": (E,),
+        EMB + "LayerNorm.bias": (E,),
+        MAPPING + "weight": (H, E),
+        MAPPING + "bias": (H,),
+    }
+    for g in range(config.num_hidden_groups):
+        for j in range(config.inner_group_num):
+            for name, shape in layer_shapes(config).items():
+                shapes[layer_prefix(g, j) + name] = shape
+    if sop_head:
+        shapes[POOLER + "weight"] = (H, H)
+        shapes[POOLER + "bias"] = (H,)
+    shapes[MLM + "bias"] = (V,)
+    shapes[MLM + "LayerNorm.weight"] = (E,)
+    shapes[MLM + "LayerNorm.bias"] = (E,)
+    shapes[MLM + "dense.weight"] = (E, H)
+    shapes[MLM + "dense.bias"] = (E,)
+    if sop_head:
+        shapes[SOP + "weight"] = (2, H)
+        shapes[SOP + "bias"] = (2,)
+    return shapes
+
+
+def has_sop_head(params: Params) -> bool:
+    """True when the params hold the pooler and the SOP classifier (AlbertForPreTraining)."""
+    present = [k in params for k in SOP_HEAD_KEYS]
+    if any(present) and not all(present):
+        missing = [k for k in SOP_HEAD_KEYS if k not in params]
+        raise ValueError(f"incomplete SOP head: missing {missing}")
+    return all(present)
+
+
+def check_params(config: AlbertConfig, params: Params) -> None:
+    """Raise ValueError naming every missing, unexpected or mis-shaped tensor."""
+    expected = param_shapes(config, sop_head=any(k in params for k in SOP_HEAD_KEYS))
+    problems = []
+    missing = [k for k in expected if k not in params]
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    unexpected = [k for k in params if k not in expected]
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    for name, shape in expected.items():
+        if name in params and tuple(params[name].shape) != shape:
+            problems.append(f"tensor {name} has shape {tuple(params[name].shape)}, expected {shape}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def init_params(config: AlbertConfig, seed: int = 0, dtype: type = np.float32, sop_head: bool = True) -> Params:
+    """Fresh parameters, initialised as the reference does.
+
+    Weight matrices and embeddings ~ normal(0, initializer_range); the padding row of the word
+    embedding is zero; LayerNorm weights one and biases zero; every other bias zero.
+    """
+    dtype = np.dtype(dtype).type
+    rng = np.random.default_rng(seed)
+    params: Params = {}
+    for name, shape in param_shapes(config, sop_head).items():
+        if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
+            value = np.ones(shape, dtype=dtype)
+        elif len(shape) == 1:
+            value = np.zeros(shape, dtype=dtype)
+        else:
+            value = rng.standard_normal(shape, dtype=dtype)
+            value *= dtype(config.initializer_range)
+        params[name] = value
+    params[EMB + "word_embeddings.weight"][config.pad_token_id] = 0
+    return params
+
+
+def count_params(params: Params) -> int:
+    """Number of scalars (the tied decoder is the word embedding, so it is counted once)."""
+    return int(sum(p.size for p in params.values()))

@@ -57,8 +57,8 @@ def test_adamw_matches_torch():
     assert opt.decay_for("predictions.bias") == 0.0 and opt.decay_for("predictions.dense.weight") == 0.1
 
 
-def lamb_reference(params, grads_per_step, lr, b1, b2, eps, wd):
-    """LAMB written straight from the paper, one element list at a time (no shared code with optim.py)."""
+def lamb_reference(params, grads_per_step, lr, b1, b2, eps, wd, bias_correction=True, adapt_excluded=False):
+    """LAMB written straight from the paper's update rule (no shared code with optim.py)."""
     w = {k: v.copy() for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in params.items()}
     v = {k: np.zeros_like(x) for k, x in params.items()}
@@ -67,13 +67,14 @@ def lamb_reference(params, grads_per_step, lr, b1, b2, eps, wd):
             g = grads[k]
             m[k] = b1 * m[k] + (1 - b1) * g
             v[k] = b2 * v[k] + (1 - b2) * g ** 2
-            m_hat = m[k] / (1 - b1 ** t)
-            v_hat = v[k] / (1 - b2 ** t)
+            m_hat = m[k] / (1 - b1 ** t) if bias_correction else m[k]
+            v_hat = v[k] / (1 - b2 ** t) if bias_correction else v[k]
             excluded = "LayerNorm" in k or "layer_norm" in k or k.endswith("bias")
             r = m_hat / (np.sqrt(v_hat) + eps) + (0.0 if excluded else wd) * w[k]
             w_norm = np.sqrt(np.sum(w[k] ** 2))
             r_norm = np.sqrt(np.sum(r ** 2))
-            ratio = w_norm / r_norm if (w_norm > 0 and r_norm > 0 and not excluded) else 1.0
+            adapt = adapt_excluded or not excluded
+            ratio = w_norm / r_norm if (w_norm > 0 and r_norm > 0 and adapt) else 1.0
             w[k] = w[k] - lr * ratio * r
     return w
 
@@ -89,6 +90,20 @@ def test_lamb_matches_paper_formula():
     for k in SHAPES:
         np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-14, err_msg=k)
     assert opt.last_ratios["predictions.bias"] == 1.0
+
+
+def test_lamb_variants():
+    """ALBERT's TF LAMB (no bias correction), and the paper's trust ratio on every tensor."""
+    grads = [make_grads(s) for s in range(4)]
+    for bias_correction, adapt_excluded in ((False, False), (True, True)):
+        params = make_params()
+        expected = lamb_reference(params, grads, 0.01, 0.9, 0.999, 1e-6, 0.01, bias_correction, adapt_excluded)
+        opt = Lamb(params, lr=0.01, bias_correction=bias_correction,
+                   exclude_from_layer_adaptation=(lambda name: False) if adapt_excluded else None)
+        for g in grads:
+            opt.step(g)
+        for k in SHAPES:
+            np.testing.assert_allclose(params[k], expected[k], rtol=1e-12, atol=1e-14, err_msg=k)
 
 
 def test_lamb_trust_ratio_one_step():

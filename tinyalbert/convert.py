@@ -30,7 +30,6 @@ import json
 import os
 import struct
 import sys
-from typing import Any, Iterator
 
 import numpy as np
 
@@ -73,8 +72,11 @@ class HubUnavailable(ConvertError):
 # ---------------------------------------------------------------------------------------------------
 # reading safetensors without the safetensors package
 # ---------------------------------------------------------------------------------------------------
-# safetensors dtype code -> (numpy dtype of the stored bytes, how to decode them)
-_ST_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+# safetensors dtype code -> numpy dtype of the stored bytes (BF16 is decoded to float32 by hand).
+# Integer tensors are read only so that buffers such as position_ids can be recognised and skipped.
+_ST_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+              "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+              "U8": np.dtype("u1"), "BOOL": np.dtype("?")}
 
 
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -240,7 +242,7 @@ def select_params(tensors: dict[str, SourceTensor], config: AlbertConfig, where:
             "without the 'albert.' prefix). It has no MLM head (predictions.*), which every tinyalbert model "
             "needs; convert an AlbertForMaskedLM or AlbertForPreTraining checkpoint instead")
     kept = {n: t for n, t in tensors.items()
-            if n not in TIED and not n.rsplit(".", 1)[-1] in BUFFER_SUFFIXES}
+            if n not in TIED and n.rsplit(".", 1)[-1] not in BUFFER_SUFFIXES}
     sop_head = any(k in kept for k in SOP_HEAD_KEYS)
     expected = param_shapes(config, sop_head=sop_head)
     problems = []
@@ -362,7 +364,7 @@ def _checked_half(t: SourceTensor) -> SourceTensor:
 # --from-hub
 # ---------------------------------------------------------------------------------------------------
 def manual_download_help(repo: str, directory: str | None) -> str:
-    where = directory or "a new directory, e.g. ./albert-xxlarge-v2"
+    where = directory or f"a new directory, e.g. ./{repo.rstrip('/').split('/')[-1]}"
     lines = [f"Download these {len(HUB_FILES)} files by hand from https://huggingface.co/{repo}/tree/main",
              f"and put them together in {where}:"]
     lines += [f"    https://huggingface.co/{repo}/resolve/main/{name}" for name in HUB_FILES]
@@ -370,29 +372,63 @@ def manual_download_help(repo: str, directory: str | None) -> str:
     return "\n".join(lines)
 
 
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Can we open a TCP connection to the hub?  (Fails fast instead of the client's long retries.)"""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def download_from_hub(repo: str, directory: str | None) -> str:
-    """Fetch config.json, spiece.model and model.safetensors; returns the directory holding them."""
+    """Fetch config.json, spiece.model and model.safetensors; returns the directory holding them.
+
+    Without network only files already in the local hub cache can be used.
+    """
+    import logging
+
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise HubUnavailable("huggingface_hub is not installed") from None
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter
+    online = _hub_reachable()
     paths = []
     try:
         for name in HUB_FILES:
             kwargs = {"local_dir": directory} if directory else {}
-            paths.append(hf_hub_download(repo_id=repo, filename=name, **kwargs))
-    except Exception as e:  # offline, DNS failure, 404, ...: all mean "do it by hand"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HubUnavailable(f"downloading {repo} failed ({type(e).__name__}: {first[:200]})") from None
+            paths.append(hf_hub_download(repo_id=repo, filename=name, local_files_only=not online, **kwargs))
+    except Exception as e:  # offline, 404, disk full, ...: all mean "do it by hand"
+        if not online:
+            reason = "no network connection to the Hugging Face Hub and the files are not cached"
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            reason = f"{type(e).__name__}: {first[:160]}"
+        raise HubUnavailable(f"could not download {repo} ({reason})") from None
     return os.path.dirname(paths[0])
 
 
 # ---------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other error of this command
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m tinyalbert.convert",
+        usage="python -m tinyalbert.convert SRC OUT.h5 [--dtype float32|float16]\n"
+              "       python -m tinyalbert.convert [DIR] OUT.h5 --from-hub REPO [--dtype float32|float16]",
         description="Convert a Hugging Face ALBERT checkpoint (model.safetensors or pytorch_model.bin, with "
                     "config.json and spiece.model beside it) into a tinyalbert HDF5 weights file.",
         epilog="examples:\n"
@@ -400,25 +436,24 @@ def _parser() -> argparse.ArgumentParser:
                "  python -m tinyalbert.convert ./albert-xxlarge-v2 xxlarge-fp16.h5 --dtype float16\n"
                "  python -m tinyalbert.convert ./albert-xxlarge-v2 out.h5 --from-hub albert/albert-xxlarge-v2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="SRC OUT.h5",
-                   help="checkpoint directory or weights file, then the output file; with --from-hub, "
-                        "SRC is optional and is the directory to download into")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="SRC (checkpoint directory or weights file), then OUT.h5; with --from-hub, "
+                        "DIR (where to download; default: the hub cache), then OUT.h5")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="storage dtype of OUT.h5 (float16 halves the file; it is computed in float32)")
-    p.add_argument("--from-hub", metavar="REPO", nargs="?", const=DEFAULT_HUB_REPO, default=None,
-                   help=f"download the checkpoint first with huggingface_hub (default repo {DEFAULT_HUB_REPO})")
+    p.add_argument("--from-hub", metavar="REPO", default=None,
+                   help=f"download the checkpoint first with huggingface_hub, e.g. {DEFAULT_HUB_REPO}")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    # argparse's own usage errors exit 2 with a usage line; keep that.
     args = parser.parse_args(argv)
     try:
         if args.from_hub:
             if len(args.paths) > 2:
-                raise ConvertError("with --from-hub give at most [DIR] OUT.h5")
+                parser.error("with --from-hub give at most [DIR] OUT.h5")
             directory = args.paths[0] if len(args.paths) == 2 else None
             out = args.paths[-1]
             try:
@@ -429,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                 return e.exit_code
         else:
             if len(args.paths) != 2:
-                raise ConvertError("expected SRC OUT.h5 (see --help)")
+                parser.error("expected SRC OUT.h5")
             src, out = args.paths
         convert(src, out, dtype=args.dtype, progress=False if args.no_progress else None)
     except ConvertError as e:
@@ -441,6 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or an unforeseen file: still one line (TINYALBERT_DEBUG=1 shows the traceback)
+        if os.environ.get("TINYALBERT_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: {type(e).__name__}: {first} (set TINYALBERT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
     size = os.path.getsize(out)
     print(f"wrote {out} ({size / 2**20:.1f} MiB, {args.dtype})")
     return 0

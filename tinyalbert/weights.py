@@ -82,6 +82,16 @@ def _write_tensor(dset, value: Any, dtype: np.dtype, progress: Callable[[int], N
             progress(block.size * dtype.itemsize)
 
 
+def _file_mode(path: str) -> int:
+    """The permissions a new file would get (or the existing file's, when it is replaced)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def save(path: str | os.PathLike, config: AlbertConfig, params: Mapping[str, Any],
          spiece_model_bytes: bytes | None = None, provenance: dict[str, Any] | None = None,
          dtype: Any = None, progress: Callable[[int], None] | None = None) -> str:
@@ -130,6 +140,7 @@ def save(path: str | os.PathLike, config: AlbertConfig, params: Mapping[str, Any
                 _write_tensor(dset, value, dt, progress)
             if spiece_model_bytes is not None:
                 f.create_dataset(SPIECE_DATASET, data=np.frombuffer(bytes(spiece_model_bytes), dtype=np.uint8))
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -242,19 +253,19 @@ def load_params(path: str | os.PathLike, dtype: Any = None, mmap: bool = True
                 raise _truncated(path, "the SentencePiece model")
             spiece = ds[()].tobytes()
 
-        order = [k for k in param_shapes(config, sop_head=all(k in located for k in SOP_HEAD_KEYS))]
+        order = param_shapes(config, sop_head=all(k in located for k in SOP_HEAD_KEYS))
         params: dict[str, np.ndarray] = {}
         whole = None  # one read-only map of the whole file; every tensor is a view of it
         for name in order:
             offset, shape, dt = located[name]
-            target = want or dt
-            if mmap and offset is not None and offset % dt.itemsize == 0:
+            target = (want or dt).newbyteorder("=")  # native byte order for the kernels
+            if mmap and offset is not None and offset % dt.itemsize == 0 and dt.isnative:
                 if whole is None:
                     whole = np.memmap(path, dtype=np.uint8, mode="r")
                 count = int(np.prod(shape, dtype=np.int64))
                 arr = whole[offset:offset + count * dt.itemsize].view(dt).reshape(shape)
                 if target != dt:
-                    arr = arr.astype(target)  # eager conversion, e.g. float16 -> float32
+                    arr = np.array(arr, dtype=target)  # eager conversion (float16 -> float32): a plain array
             else:
                 arr = f[PARAMS_GROUP][name][()]
                 arr = np.asarray(arr, dtype=target)
@@ -286,9 +297,14 @@ def load(path: str | os.PathLike, dtype: Any = np.float32, mmap: bool = True):
     The tokenizer is a `tinyalbert.tokenizer.Tokenizer` built from the embedded SentencePiece model,
     or None when the file has none.  Params are computed in `dtype` (float32 by default): a float32
     file is memory-mapped, a float16 file is converted to float32 eagerly (2x its size in memory).
+    The model computes in float32 or float64 only; dtype=None means float32.
     """
     from .model import Albert
 
+    dtype = np.float32 if dtype is None else dtype
+    if np.dtype(dtype).name not in ("float32", "float64"):
+        raise WeightsError(f"a model computes in float32 or float64, not {np.dtype(dtype).name}; "
+                           "use load_params to read the stored tensors as they are")
     config, params, spiece, _ = load_params(path, dtype=dtype, mmap=mmap)
     tokenizer = None
     if spiece is not None:
@@ -325,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m tinyalbert.weights",
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # one line
+            self.exit(2, f"error: {message} (see --help)\n")
+
+    parser = Parser(prog="python -m tinyalbert.weights",
                                      description="Check a tinyalbert weights file and print what it holds.")
     parser.add_argument("path", help="weights file (.h5) written by tinyalbert.convert or tinyalbert.weights.save")
     args = parser.parse_args(argv)

@@ -1,0 +1,485 @@
+"""Tier 2 of the correctness suite: every op's output and gradients against torch autograd.
+
+The torch side is built from torch primitives only (F.embedding with padding_idx, F.layer_norm,
+F.linear, F.gelu(approximate="tanh"), softmax after dividing by sqrt(hs) and adding the
+(1 - mask) * finfo.min key mask, F.cross_entropy with ignore_index=-100), run in float64, and
+differentiated by autograd with the same random upstream gradient `dout` as the engine's
+backward (never all ones: the input gradients of softmax and LayerNorm would then be exactly zero
+and hide errors).
+
+Error: rel = max|a - b| / max(max|a|, max|b|) per tensor (tinyalbert.gradcheck.rel_error).  Two
+float64 implementations of the same formulas differ by rounding only: ~1e-16 per operation, at
+most ~1e-14 through the deepest op here (3 layer applications and back), so the bound is 1e-10.
+
+The float32 tests run the same ops on float32 inputs: outputs and gradients must stay float32 and
+agree with the float64 torch result on the same values to 1e-4 (float32 rounds at 6e-8; through
+the encoder and back errors of ~1e-6 are normal).
+
+Run with `pytest -s` for a per-op summary.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinyalbert.activations import gelu_backward, gelu_forward
+from tinyalbert.attention import self_attention_backward, self_attention_forward
+from tinyalbert.config import AlbertConfig
+from tinyalbert.embeddings import embedding_backward, embedding_forward, embeddings_backward, embeddings_forward
+from tinyalbert.encoder import encoder_backward, encoder_forward
+from tinyalbert.feedforward import feedforward_backward, feedforward_forward
+from tinyalbert.gradcheck import rel_error
+from tinyalbert.heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward,
+                              sop_head_backward, sop_head_forward)
+from tinyalbert.layer import albert_layer_backward, albert_layer_forward, sub
+from tinyalbert.layernorm import layernorm_backward, layernorm_forward
+from tinyalbert.linear import linear_backward, linear_forward
+from tinyalbert.losses import cross_entropy_backward, cross_entropy_forward
+from tinyalbert.params import MAPPING, layer_prefix, layer_shapes, param_shapes
+from tinyalbert.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
+
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
+
+TOL64 = 1e-10
+TOL32 = 1e-4
+B, T, H, NH, I, E, V, P = 2, 5, 8, 2, 12, 6, 11, 7
+HS = H // NH
+EPS = 1e-12
+PAD = 0
+
+# Repeated ids, and the pad id 0 both at the padded positions and at one real, attended position.
+IDS = np.array([[3, 7, 3, 0, 0],
+                [5, 0, 9, 5, 10]])
+TOKEN_TYPES = np.array([[0, 0, 1, 1, 1],
+                        [0, 0, 0, 1, 1]])
+ATTENTION_MASK = np.array([[1, 1, 1, 0, 0],
+                           [1, 1, 1, 1, 1]])
+
+
+def config(**overrides) -> AlbertConfig:
+    kw = dict(vocab_size=V, embedding_size=E, hidden_size=H, num_attention_heads=NH, intermediate_size=I,
+              num_hidden_layers=3, max_position_embeddings=P)
+    kw.update(overrides)
+    return AlbertConfig(**kw)
+
+
+# Half the std for the residual branches' value and output projections, so that the tokens stay
+# distinct through repeated layer applications (see test_ops_numerical.py).
+RESIDUAL_BRANCH_OUTPUTS = ("attention.value.weight", "attention.dense.weight", "ffn_output.weight")
+
+
+def randomised(shapes, rng) -> dict[str, np.ndarray]:
+    out = {}
+    for name, shape in shapes.items():
+        if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
+            out[name] = 1.0 + 0.2 * rng.standard_normal(shape)
+        elif len(shape) == 1:
+            out[name] = 0.2 * rng.standard_normal(shape)
+        elif name.endswith(RESIDUAL_BRANCH_OUTPUTS):
+            out[name] = 0.2 * rng.standard_normal(shape)
+        else:
+            out[name] = 0.4 * rng.standard_normal(shape)
+    return out
+
+
+# ---- the torch reference, from primitives ----------------------------------------------------------------
+
+def t_key_mask(attention_mask: np.ndarray) -> torch.Tensor:
+    m = torch.tensor(attention_mask, dtype=torch.float64)
+    return (1.0 - m) * torch.finfo(torch.float64).min
+
+
+def t_gelu(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def t_attention(x, mask, p, num_heads):
+    b, t, h = x.shape
+    hs = h // num_heads
+
+    def heads(y):
+        return y.view(b, t, num_heads, hs).transpose(1, 2)
+
+    q = heads(F.linear(x, p["query.weight"], p["query.bias"]))
+    k = heads(F.linear(x, p["key.weight"], p["key.bias"]))
+    v = heads(F.linear(x, p["value.weight"], p["value.bias"]))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hs) + mask[:, None, None, :]
+    ctx = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, t, h)
+    return F.layer_norm(x + F.linear(ctx, p["dense.weight"], p["dense.bias"]), (h,), p["LayerNorm.weight"],
+                        p["LayerNorm.bias"], EPS)
+
+
+def t_ffn(x, p):
+    return F.linear(t_gelu(F.linear(x, p["ffn.weight"], p["ffn.bias"])), p["ffn_output.weight"],
+                    p["ffn_output.bias"])
+
+
+def t_layer(x, mask, p, num_heads):
+    a = t_attention(x, mask, sub(p, "attention."), num_heads)
+    return F.layer_norm(a + t_ffn(a, p), (x.shape[-1],), p["full_layer_layer_norm.weight"],
+                        p["full_layer_layer_norm.bias"], EPS)
+
+
+def t_encoder(e, mask, p, c: AlbertConfig):
+    h = F.linear(e, p[MAPPING + "weight"], p[MAPPING + "bias"])
+    for i in range(c.num_hidden_layers):
+        for j in range(c.inner_group_num):
+            h = t_layer(h, mask, sub(p, layer_prefix(c.group_of_application(i), j)), c.num_attention_heads)
+    return h
+
+
+def t_mlm_head(h, p, word):
+    u = t_gelu(F.linear(h, p["dense.weight"], p["dense.bias"]))
+    t = F.layer_norm(u, (u.shape[-1],), p["LayerNorm.weight"], p["LayerNorm.bias"], EPS)
+    return F.linear(t, word, p["bias"])
+
+
+# ---- the driver ---------------------------------------------------------------------------------------------
+
+def compare(report, op, case, dtype, rng, zero_grad=None):
+    """Run one op in the engine (in `dtype`) and in torch (float64, same values); compare.
+
+    case(dtype) -> (arrays, engine, reference):
+      arrays: {name: float array}, the differentiable inputs;
+      engine(arrays, dout) -> (out, {name: gradient}) with the engine's forward and backward;
+      reference(tensors) -> out, in torch, from leaf tensors with the same names.
+    zero_grad: {name: reference name} for tensors whose exact gradient is zero (attention key bias):
+      both sides must be below the tolerance times the scale of the reference tensor's gradient.
+    """
+    zero_grad = zero_grad or {}
+    arrays, engine, reference = case(dtype)
+    tensors = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in arrays.items()}
+    t_out = reference(tensors)
+    dout = rng.standard_normal(tuple(t_out.shape)).astype(dtype)     # random upstream gradient, never all ones
+    (t_out * torch.tensor(dout.astype(np.float64))).sum().backward()
+    out, grads = engine(arrays, dout)
+    assert set(grads) == set(arrays)
+
+    tol = TOL64 if dtype == np.float64 else TOL32
+    tier = "tier2 (torch, float64)" if dtype == np.float64 else "tier2 float32 (vs torch float64)"
+    errors = {"output": rel_error(out, t_out.detach().numpy())}
+    for name in arrays:
+        g_ref = tensors[name].grad.numpy()
+        if name in zero_grad:
+            scale = np.abs(tensors[zero_grad[name]].grad.numpy()).max()
+            errors[name + " [exact 0: max|.|/scale]"] = max(np.abs(grads[name]).max(), np.abs(g_ref).max()) / scale
+        else:
+            errors[name] = rel_error(grads[name], g_ref)
+    for name, err in errors.items():
+        report.add(tier, op, name, err)
+    failures = [f"{name}: {err:.3e}" for name, err in errors.items() if not err <= tol]
+    assert not failures, f"{op} ({np.dtype(dtype).name}): " + ", ".join(failures)
+
+    # dtype preserved: float32 in -> float32 out and float32 gradients
+    if isinstance(out, np.ndarray):
+        assert out.dtype == dtype, (op, out.dtype)
+    for name, g in grads.items():
+        assert g.dtype == dtype, (op, name, g.dtype)
+
+
+# ---- the cases: each returns (arrays, engine, reference) for a dtype -------------------------------------
+
+def case_embedding(dtype):
+    table = np.random.default_rng(1).standard_normal((V, E)).astype(dtype)
+
+    def engine(a, dout):
+        out, cache = embedding_forward(IDS, a["table"])
+        dtable = np.zeros_like(a["table"])
+        embedding_backward(dout, cache, dtable)
+        return out, {"table": dtable}
+
+    return {"table": table}, engine, lambda t: F.embedding(torch.tensor(IDS), t["table"])
+
+
+def case_embedding_padding_idx(dtype):
+    table = np.random.default_rng(2).standard_normal((V, E)).astype(dtype)
+
+    def engine(a, dout):
+        out, cache = embedding_forward(IDS, a["table"])
+        dtable = np.zeros_like(a["table"])
+        embedding_backward(dout, cache, dtable, padding_idx=PAD)
+        return out, {"table": dtable}
+
+    return {"table": table}, engine, lambda t: F.embedding(torch.tensor(IDS), t["table"], padding_idx=PAD)
+
+
+def case_embeddings_block(dtype):
+    rng = np.random.default_rng(3)
+    p = {k.removeprefix("albert.embeddings."): v.astype(dtype)
+         for k, v in randomised(param_shapes(config()), rng).items() if k.startswith("albert.embeddings.")}
+
+    def engine(a, dout):
+        out, cache = embeddings_forward(IDS, TOKEN_TYPES, a, EPS)
+        g = {k: np.zeros_like(v) for k, v in a.items()}
+        embeddings_backward(dout, cache, g, padding_idx=PAD)
+        return out, g
+
+    def reference(t):
+        x = (F.embedding(torch.tensor(IDS), t["word_embeddings.weight"], padding_idx=PAD)
+             + F.embedding(torch.tensor(TOKEN_TYPES), t["token_type_embeddings.weight"])
+             + F.embedding(torch.arange(T), t["position_embeddings.weight"]))
+        return F.layer_norm(x, (E,), t["LayerNorm.weight"], t["LayerNorm.bias"], EPS)
+
+    return p, engine, reference
+
+
+def case_layernorm(with_residual):
+    def case(dtype):
+        rng = np.random.default_rng(4)
+        a = {"x": 1.5 * rng.standard_normal((B, T, H)) + 0.5, "weight": 1 + 0.3 * rng.standard_normal(H),
+             "bias": 0.3 * rng.standard_normal(H)}
+        if with_residual:
+            a["residual"] = rng.standard_normal((B, T, H))
+        a = {k: v.astype(dtype) for k, v in a.items()}
+
+        def engine(a, dout):
+            out, cache = layernorm_forward(a["x"], a["weight"], a["bias"], EPS, residual=a.get("residual"))
+            dw, db = np.zeros_like(a["weight"]), np.zeros_like(a["bias"])
+            dx = layernorm_backward(dout, cache, dw, db)
+            g = {"x": dx, "weight": dw, "bias": db}
+            if with_residual:
+                g["residual"] = dx
+            return out, g
+
+        def reference(t):
+            x = t["x"] + t["residual"] if with_residual else t["x"]
+            return F.layer_norm(x, (H,), t["weight"], t["bias"], EPS)
+
+        return a, engine, reference
+    return case
+
+
+def case_linear(n_in, n_out, bias):
+    def case(dtype):
+        rng = np.random.default_rng(5)
+        a = {"x": rng.standard_normal((B, T, n_in)), "weight": 0.4 * rng.standard_normal((n_out, n_in))}
+        if bias:
+            a["bias"] = 0.2 * rng.standard_normal(n_out)
+        a = {k: v.astype(dtype) for k, v in a.items()}
+
+        def engine(a, dout):
+            out, cache = linear_forward(a["x"], a["weight"], a.get("bias"))
+            dw = np.zeros_like(a["weight"])
+            db = np.zeros_like(a["bias"]) if bias else None
+            g = {"x": linear_backward(dout, cache, dw, db), "weight": dw}
+            if bias:
+                g["bias"] = db
+            return out, g
+
+        return a, engine, lambda t: F.linear(t["x"], t["weight"], t.get("bias"))
+    return case
+
+
+def case_gelu(with_bias):
+    def case(dtype):
+        rng = np.random.default_rng(6)
+        x = 2.0 * rng.standard_normal((B, T, I))
+        x[0, 0, :4] = [-7.0, -3.0, 3.0, 7.0]
+        a = {"x": x.astype(dtype)}
+        if with_bias:
+            a["bias"] = (0.5 * rng.standard_normal(I)).astype(dtype)
+
+        def engine(a, dout):
+            out, cache = gelu_forward(a["x"], a.get("bias"))
+            db = np.zeros_like(a["bias"]) if with_bias else None
+            g = {"x": gelu_backward(dout, cache, db)}
+            if with_bias:
+                g["bias"] = db
+            return out, g
+
+        return a, engine, lambda t: t_gelu(t["x"] + t["bias"] if with_bias else t["x"])
+    return case
+
+
+def case_softmax(dtype):
+    scores = (3.0 * np.random.default_rng(7).standard_normal((B, NH, T, T))).astype(dtype)
+
+    def engine(a, dout):
+        probs, cache = masked_softmax_forward(a["scores"], additive_key_mask(ATTENTION_MASK, dtype), HS)
+        return probs, {"scores": masked_softmax_backward(dout, cache)}
+
+    def reference(t):
+        return torch.softmax(t["scores"] / math.sqrt(HS) + t_key_mask(ATTENTION_MASK)[:, None, None, :], dim=-1)
+
+    return {"scores": scores}, engine, reference
+
+
+def layer_params(rng, dtype):
+    return {k: v.astype(dtype) for k, v in randomised(layer_shapes(config()), rng).items()}
+
+
+def case_attention(dtype):
+    rng = np.random.default_rng(8)
+    p = {k.removeprefix("attention."): v for k, v in layer_params(rng, dtype).items() if k.startswith("attention.")}
+    a = {"x": rng.standard_normal((B, T, H)).astype(dtype), **p}
+
+    def engine(a, dout):
+        params = {k: v for k, v in a.items() if k != "x"}
+        out, _, cache = self_attention_forward(a["x"], additive_key_mask(ATTENTION_MASK, dtype), params, NH, EPS)
+        g = {k: np.zeros_like(v) for k, v in params.items()}
+        dx = self_attention_backward(dout, cache, g)
+        return out, {"x": dx, **g}
+
+    return a, engine, lambda t: t_attention(t["x"], t_key_mask(ATTENTION_MASK), t, NH)
+
+
+def case_ffn(dtype):
+    rng = np.random.default_rng(9)
+    p = {k: v for k, v in layer_params(rng, dtype).items() if k.startswith("ffn")}
+    a = {"x": rng.standard_normal((B, T, H)).astype(dtype), **p}
+
+    def engine(a, dout):
+        params = {k: v for k, v in a.items() if k != "x"}
+        out, cache = feedforward_forward(a["x"], params)
+        g = {k: np.zeros_like(v) for k, v in params.items()}
+        dx = feedforward_backward(dout, cache, g)
+        return out, {"x": dx, **g}
+
+    return a, engine, lambda t: t_ffn(t["x"], t)
+
+
+def case_layer(dtype):
+    rng = np.random.default_rng(10)
+    a = {"x": rng.standard_normal((B, T, H)).astype(dtype), **layer_params(rng, dtype)}
+
+    def engine(a, dout):
+        params = {k: v for k, v in a.items() if k != "x"}
+        out, _, cache = albert_layer_forward(a["x"], additive_key_mask(ATTENTION_MASK, dtype), params, NH, EPS)
+        g = {k: np.zeros_like(v) for k, v in params.items()}
+        dx = albert_layer_backward(dout, cache, g)
+        return out, {"x": dx, **g}
+
+    return a, engine, lambda t: t_layer(t["x"], t_key_mask(ATTENTION_MASK), t, NH)
+
+
+def case_encoder(c: AlbertConfig):
+    def case(dtype):
+        rng = np.random.default_rng(13)
+        p = {k: v.astype(dtype) for k, v in randomised(param_shapes(c), rng).items()
+             if k.startswith(MAPPING) or k.startswith("albert.encoder.albert_layer_groups.")}
+        a = {"embedded": rng.standard_normal((B, T, E)).astype(dtype), **p}
+
+        def engine(a, dout):
+            params = {k: v for k, v in a.items() if k != "embedded"}
+            hidden_states, _, cache = encoder_forward(a["embedded"], additive_key_mask(ATTENTION_MASK, dtype),
+                                                      params, c)
+            g = {k: np.zeros_like(v) for k, v in params.items()}
+            d_embedded = encoder_backward(dout, cache, g)
+            return hidden_states[-1], {"embedded": d_embedded, **g}
+
+        return a, engine, lambda t: t_encoder(t["embedded"], t_key_mask(ATTENTION_MASK), t, c)
+    return case
+
+
+def case_pooler(dtype):
+    rng = np.random.default_rng(12)
+    a = {"hidden": rng.standard_normal((B, T, H)), "weight": 0.4 * rng.standard_normal((H, H)),
+         "bias": 0.2 * rng.standard_normal(H)}
+    a = {k: v.astype(dtype) for k, v in a.items()}
+
+    def engine(a, dout):
+        out, cache = pooler_forward(a["hidden"], a["weight"], a["bias"])
+        dw, db = np.zeros_like(a["weight"]), np.zeros_like(a["bias"])
+        return out, {"hidden": pooler_backward(dout, cache, dw, db), "weight": dw, "bias": db}
+
+    return a, engine, lambda t: torch.tanh(F.linear(t["hidden"][:, 0], t["weight"], t["bias"]))
+
+
+def case_sop_head(dtype):
+    rng = np.random.default_rng(14)
+    a = {"pooled": np.tanh(rng.standard_normal((B, H))), "weight": 0.4 * rng.standard_normal((2, H)),
+         "bias": 0.2 * rng.standard_normal(2)}
+    a = {k: v.astype(dtype) for k, v in a.items()}
+
+    def engine(a, dout):
+        out, cache = sop_head_forward(a["pooled"], a["weight"], a["bias"])
+        dw, db = np.zeros_like(a["weight"]), np.zeros_like(a["bias"])
+        return out, {"pooled": sop_head_backward(dout, cache, dw, db), "weight": dw, "bias": db}
+
+    return a, engine, lambda t: F.linear(t["pooled"], t["weight"], t["bias"])
+
+
+def case_mlm_head(dtype):
+    rng = np.random.default_rng(15)
+    p = {k.removeprefix("predictions."): v.astype(dtype)
+         for k, v in randomised(param_shapes(config()), rng).items() if k.startswith("predictions.")}
+    a = {"hidden": rng.standard_normal((B, T, H)).astype(dtype),
+         "word_embeddings": (0.4 * rng.standard_normal((V, E))).astype(dtype), **p}
+
+    def engine(a, dout):
+        params = {k: v for k, v in a.items() if k not in ("hidden", "word_embeddings")}
+        out, cache = mlm_head_forward(a["hidden"], params, a["word_embeddings"], EPS)
+        g = {k: np.zeros_like(v) for k, v in params.items()}
+        dword = np.zeros_like(a["word_embeddings"])
+        dhidden = mlm_head_backward(dout, cache, g, dword)
+        return out, {"hidden": dhidden, "word_embeddings": dword, **g}
+
+    return a, engine, lambda t: t_mlm_head(t["hidden"], t, t["word_embeddings"])
+
+
+def case_cross_entropy(n_classes, labels):
+    labels = np.asarray(labels)
+
+    def case(dtype):
+        logits = (2.0 * np.random.default_rng(16).standard_normal((labels.size, n_classes))).astype(dtype)
+
+        def engine(a, dout):
+            loss, cache = cross_entropy_forward(a["logits"], labels)
+            return np.asarray(loss, dtype=dtype), {"logits": cross_entropy_backward(cache, float(dout))}
+
+        return ({"logits": logits}, engine,
+                lambda t: F.cross_entropy(t["logits"], torch.tensor(labels), ignore_index=-100))
+    return case
+
+
+KEY_BIAS = {"key.bias": "key.weight"}
+LAYER_KEY_BIAS = {"attention.key.bias": "attention.key.weight"}
+SHARED = config()
+GROUPED = config(num_hidden_groups=2, inner_group_num=2, num_hidden_layers=4)
+
+
+def encoder_key_bias(c):
+    return {layer_prefix(g, j) + "attention.key.bias": layer_prefix(g, j) + "attention.key.weight"
+            for g in range(c.num_hidden_groups) for j in range(c.inner_group_num)}
+
+
+CASES = {
+    "embedding lookup (repeated ids)": (case_embedding, None),
+    "embedding lookup (padding_idx)": (case_embedding_padding_idx, None),
+    "embeddings block (word+type+pos+LN)": (case_embeddings_block, None),
+    "LayerNorm": (case_layernorm(False), None),
+    "LayerNorm + residual": (case_layernorm(True), None),
+    "linear H->I": (case_linear(H, I, True), None),
+    "linear I->H (no bias)": (case_linear(I, H, False), None),
+    "linear E->H projection": (case_linear(E, H, True), None),
+    "gelu_new": (case_gelu(False), None),
+    "gelu_new + bias": (case_gelu(True), None),
+    "masked softmax (padded keys)": (case_softmax, None),
+    "multi-head self-attention": (case_attention, KEY_BIAS),
+    "feed-forward block": (case_ffn, None),
+    "ALBERT layer": (case_layer, LAYER_KEY_BIAS),
+    "encoder (shared layer x3)": (case_encoder(SHARED), encoder_key_bias(SHARED)),
+    "encoder (G=2, inner=2, L=4)": (case_encoder(GROUPED), encoder_key_bias(GROUPED)),
+    "pooler": (case_pooler, None),
+    "SOP head": (case_sop_head, None),
+    "MLM head (tied decoder)": (case_mlm_head, None),
+    "cross-entropy MLM (-100 ignored)": (case_cross_entropy(V, [3, -100, 0, 10, -100, 3]), None),
+    "cross-entropy SOP": (case_cross_entropy(2, [0, 1, 1]), None),
+}
+
+
+@pytest.mark.parametrize("op", list(CASES))
+def test_op_matches_torch_float64(error_report, op):
+    case, zero_grad = CASES[op]
+    compare(error_report, op, case, np.float64, np.random.default_rng(100), zero_grad)
+
+
+@pytest.mark.parametrize("op", list(CASES))
+def test_op_float32_path(error_report, op):
+    """float32 in -> float32 out and float32 gradients, close to float64 torch on the same values."""
+    case, zero_grad = CASES[op]
+    compare(error_report, op, case, np.float32, np.random.default_rng(100), zero_grad)

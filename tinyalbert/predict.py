@@ -1,0 +1,212 @@
+"""Fill-mask and sentence-order prediction, from Python and from the command line.
+
+    python -m tinyalbert.predict "The man went to the [MASK] to buy some milk."
+    python -m tinyalbert.predict --top-k 3 --json "Paris is the [MASK] of France."
+    python -m tinyalbert.predict --sop "He opened the door." "Then he walked in."
+    python -m tinyalbert.predict --file sentences.txt      # one input per line ('-' reads stdin)
+
+`fill_mask` returns what the transformers fill-mask pipeline returns: for one
+[MASK] a list of {"score", "token", "token_str", "sequence"}, for several
+[MASK]s a list of such lists (each mask scored on its own, the others left as [MASK]).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+BUNDLED_MODEL_NAME = "tinyalbert-mini.h5"
+
+
+class PredictError(ValueError):
+    """Bad input for prediction; the message names the problem."""
+
+
+def default_weights_path() -> Path:
+    """$TINYALBERT_WEIGHTS if set, else weights/albert-xxlarge-v2.h5 if it exists, else the bundled model."""
+    env = os.environ.get("TINYALBERT_WEIGHTS")
+    if env:
+        return Path(env)
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (Path.cwd() / "weights" / "albert-xxlarge-v2.h5",
+                      package_dir.parent / "weights" / "albert-xxlarge-v2.h5"):
+        if candidate.exists():
+            return candidate
+    return package_dir / "data" / BUNDLED_MODEL_NAME
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _encode_checked(model, text: str) -> list[int]:
+    tok = model.tokenizer
+    if tok is None:
+        raise PredictError("these weights have no embedded vocabulary (spiece.model); convert them again with it")
+    if not text.strip():
+        raise PredictError("the input text is empty")
+    ids = tok.encode(text)
+    limit = model.config.max_position_embeddings
+    if len(ids) > limit:
+        raise PredictError(f"the input is {len(ids)} tokens long, more than the model's maximum of {limit}: "
+                           f"{text[:40]!r}...")
+    return ids
+
+
+def _predict_masks(model, ids: list[int], logits: np.ndarray, top_k: int) -> list:
+    tok = model.tokenizer
+    ids_arr = np.asarray(ids)
+    mask_positions = np.nonzero(ids_arr == tok.mask_id)[0]
+    probs = _softmax(logits[mask_positions].astype(np.float64))
+    top_k = min(top_k, probs.shape[-1])
+    single = len(mask_positions) == 1
+    results = []
+    for row, position in zip(probs, mask_positions):
+        best = np.argsort(-row, kind="stable")[:top_k]
+        options = []
+        for token in best:
+            filled = ids_arr.copy()
+            filled[position] = token
+            filled = filled[filled != tok.pad_id]
+            options.append({"score": float(row[token]), "token": int(token),
+                            "token_str": tok.decode([int(token)], skip_special_tokens=False),
+                            "sequence": tok.decode(filled.tolist(), skip_special_tokens=single)})
+        results.append(options)
+    return results[0] if single else results
+
+
+def fill_mask_batch(model, texts: Sequence[str], top_k: int = 5, batch_size: int = 8,
+                    progress: bool = False) -> list:
+    """fill_mask for several texts, run in padded batches.  Returns one result per text."""
+    if top_k < 1:
+        raise PredictError(f"top_k must be at least 1, got {top_k}")
+    encoded = []
+    for text in texts:
+        ids = _encode_checked(model, text)
+        if model.tokenizer.mask_id not in ids:
+            raise PredictError(f"no [MASK] token in the input: {text!r}")
+        encoded.append(ids)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))   # similar lengths pad less
+    results: list = [None] * len(encoded)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if progress and len(batches) > 1:
+        from tqdm import tqdm
+        batches = tqdm(batches, desc="predicting", unit="batch", file=sys.stderr)
+    for batch in batches:
+        T = max(len(encoded[i]) for i in batch)
+        input_ids = np.full((len(batch), T), model.tokenizer.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(batch), T), dtype=np.int64)
+        for row, i in enumerate(batch):
+            input_ids[row, :len(encoded[i])] = encoded[i]
+            attention_mask[row, :len(encoded[i])] = 1
+        logits = model.forward(input_ids, attention_mask=attention_mask).mlm_logits
+        for row, i in enumerate(batch):
+            results[i] = _predict_masks(model, encoded[i], logits[row, :len(encoded[i])], top_k)
+    return results
+
+
+def fill_mask(model, text: str, top_k: int = 5) -> list:
+    """Top-k completions for each [MASK] in text, in the shape of the transformers fill-mask pipeline."""
+    return fill_mask_batch(model, [text], top_k=top_k)[0]
+
+
+def sentence_order(model, first: str, second: str) -> dict[str, float]:
+    """Probabilities that `second` follows `first` (label 0, original order) or precedes it (label 1, swapped)."""
+    if not model.has_sop_head:
+        raise PredictError("these weights have no sentence-order (SOP) head: the published hub checkpoints "
+                           "(AlbertForMaskedLM) do not include one; use a checkpoint converted from "
+                           "AlbertForPreTraining")
+    if not first.strip() or not second.strip():
+        raise PredictError("--sop needs two non-empty sentences")
+    ids, types = model.tokenizer.encode_pair(first, second)
+    if len(ids) > model.config.max_position_embeddings:
+        raise PredictError(f"the sentence pair is {len(ids)} tokens long, more than the model's maximum of "
+                           f"{model.config.max_position_embeddings}")
+    out = model.forward(np.asarray([ids]), token_type_ids=np.asarray([types]))
+    p = _softmax(out.sop_logits[0].astype(np.float64))
+    return {"original_order": float(p[0]), "swapped": float(p[1])}
+
+
+def _numba_cache_is_cold() -> bool:
+    """True when the kernels have never been compiled into the on-disk cache (the first run compiles them)."""
+    try:
+        from .activations import _bias_gelu_forward_kernel
+        index = _bias_gelu_forward_kernel._cache._cache_file._index_path
+        return not os.path.exists(index)
+    except AttributeError:      # a numba version with another cache layout: say nothing
+        return False
+
+
+def _format_results(text: str, result: list, show_tokens: bool, model) -> str:
+    lines = [f"input: {text}"]
+    if show_tokens:
+        ids = model.tokenizer.encode(text)
+        pieces = model.tokenizer.convert_ids_to_tokens(ids)
+        lines.append("tokens: " + " ".join(f"{p}({i})" for p, i in zip(pieces, ids)))
+    per_mask = [result] if result and isinstance(result[0], dict) else result
+    for m, options in enumerate(per_mask):
+        if len(per_mask) > 1:
+            lines.append(f"[MASK] #{m + 1}:")
+        for o in options:
+            lines.append(f"  {o['score']:.4f}  {o['token']:>6}  {o['token_str']:<15}  {o['sequence']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tinyalbert.predict",
+                                     description="Fill in [MASK] tokens (or score sentence order) with ALBERT.")
+    parser.add_argument("texts", nargs="*", help="input texts, each with at least one [MASK]")
+    parser.add_argument("--file", help="read inputs from this file, one per line ('-' for stdin)")
+    parser.add_argument("--top-k", type=int, default=5, help="completions per [MASK] (default 5)")
+    parser.add_argument("--json", action="store_true", help="print the fill-mask pipeline's JSON instead of a table")
+    parser.add_argument("--weights", help="weights file (.h5); default: $TINYALBERT_WEIGHTS, else "
+                                          "weights/albert-xxlarge-v2.h5 if present, else the bundled model")
+    parser.add_argument("--sop", nargs=2, metavar=("FIRST", "SECOND"),
+                        help="sentence-order prediction for two sentences")
+    parser.add_argument("--show-tokens", action="store_true", help="also print the SentencePiece pieces and ids")
+    parser.add_argument("--batch-size", type=int, default=8, help="inputs per forward pass (default 8)")
+    args = parser.parse_args(argv)
+
+    from .weights import WeightsError, load
+
+    texts = list(args.texts)
+    try:
+        if args.file:
+            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+            with stream:
+                texts += [line.rstrip("\n") for line in stream if line.strip()]
+        if not texts and not args.sop:
+            if not sys.stdin.isatty():
+                texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+            if not texts:
+                raise PredictError("no input: give a text with [MASK], --file, or --sop FIRST SECOND")
+        path = Path(args.weights) if args.weights else default_weights_path()
+        if _numba_cache_is_cold():
+            print("note: first run, compiling the Numba kernels (cached for next time)...", file=sys.stderr)
+        model = load(path)
+        if args.sop:
+            result = sentence_order(model, *args.sop)
+            if args.json:
+                print(json.dumps(result, indent=2))
+            else:
+                print(f"P(original order) = {result['original_order']:.4f}   P(swapped) = {result['swapped']:.4f}")
+        if texts:
+            results = fill_mask_batch(model, texts, top_k=args.top_k, batch_size=args.batch_size, progress=True)
+            if args.json:
+                print(json.dumps(results if len(results) > 1 else results[0], indent=2, ensure_ascii=False))
+            else:
+                print("\n\n".join(_format_results(t, r, args.show_tokens, model) for t, r in zip(texts, results)))
+    except (PredictError, WeightsError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Pretrain ALBERT with masked-LM + sentence-order prediction: `python -m tinyalbert.pretrain`.
+
+    python -m tinyalbert.pretrain --out runs/mini --vocab runs/mini/spiece.model \\
+        --data ../shared/corpus/tinystories:3 ../shared/corpus/onestopenglish:2 \\
+        --hidden-size 256 --num-heads 4 --num-layers 6 --steps 3000 --batch-size 32
+
+One training step: batch(step) -> model.loss_and_grads -> clip the global norm ->
+LAMB (or AdamW) update with warm-up then linear decay.  Batches depend only on
+(seed, step), and every kernel is deterministic, so a run stopped and resumed
+from its checkpoint (`--resume`) ends with parameters bitwise equal to those of
+an uninterrupted run.
+
+The run folder holds:
+    checkpoint.h5   params, optimizer moments, step, config and arguments (written atomically)
+    log.jsonl       one JSON record per logged step and per evaluation
+    loss.png        the training and held-out loss curves
+    model.h5        the final weights in tinyalbert's format, with the vocabulary (also at --export)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .config import AlbertConfig
+from .model import Albert
+from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
+from .params import init_params
+
+CHECKPOINT_FORMAT = "tinyalbert-checkpoint"
+
+
+def build_config(args: argparse.Namespace, vocab_size: int) -> AlbertConfig:
+    """The model config: a preset or JSON file, then the command-line overrides, with the vocabulary's size."""
+    if args.config and Path(args.config).exists():
+        base = AlbertConfig.from_json(args.config).to_dict()
+    elif args.config:
+        base = AlbertConfig.preset(args.config).to_dict()
+    else:
+        base = AlbertConfig(embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024,
+                            num_hidden_layers=6).to_dict()
+    overrides = {"embedding_size": args.embedding_size, "hidden_size": args.hidden_size,
+                 "num_attention_heads": args.num_heads, "intermediate_size": args.intermediate_size,
+                 "num_hidden_layers": args.num_layers}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    base["vocab_size"] = vocab_size
+    base["max_position_embeddings"] = max(base.get("max_position_embeddings", 512), args.seq_len)
+    return AlbertConfig.from_dict(base)
+
+
+def make_optimizer(name: str, params: dict[str, np.ndarray], lr: float, weight_decay: float):
+    if name == "lamb":
+        return Lamb(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (lamb or adamw)")
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, config: AlbertConfig, params: dict[str, np.ndarray], optimizer, step: int,
+                    args: dict[str, Any]) -> None:
+    """Everything needed to continue exactly: params, optimizer state, step.  Temporary file, then rename."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = CHECKPOINT_FORMAT
+            f.attrs["step"] = step
+            f.attrs["config_json"] = config.to_json_string()
+            f.attrs["args_json"] = json.dumps(args, sort_keys=True)
+            for name, value in params.items():
+                f.create_dataset(f"params/{name}", data=value)
+            for name, value in optimizer.state_dict().items():
+                f.create_dataset(f"optimizer/{name}", data=value)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: Path) -> tuple[AlbertConfig, dict[str, np.ndarray], dict[str, Any], int, dict]:
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"{path} is not a tinyalbert training checkpoint")
+            config = AlbertConfig.from_json_string(f.attrs["config_json"])
+            params = {name: f["params"][name][()] for name in f["params"]}
+            opt_state = {name: f["optimizer"][name][()] for name in f["optimizer"]}
+            return config, params, opt_state, int(f.attrs["step"]), json.loads(f.attrs["args_json"])
+    except OSError as e:
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+
+
+# ---- evaluation and plots -----------------------------------------------------------------------------
+def evaluate(model: Albert, data, batches: int, batch_size: int) -> dict[str, float]:
+    """Held-out loss, MLM top-1 accuracy and SOP accuracy over `batches` fixed held-out batches."""
+    totals = {"loss": 0.0, "mlm_loss": 0.0, "sop_loss": 0.0, "mlm_correct": 0, "mlm_count": 0, "sop_correct": 0,
+              "sop_count": 0}
+    for i in range(batches):
+        b = data.batch(i, batch_size, split="heldout")
+        loss, _ = model.loss_and_grads(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mlm_labels"],
+                                       b["sop_labels"] if model.has_sop_head else None)
+        s = model.last_stats
+        totals["loss"] += loss
+        totals["mlm_loss"] += s["mlm_loss"]
+        totals["sop_loss"] += s["sop_loss"] or 0.0
+        for k in ("mlm_correct", "mlm_count", "sop_correct", "sop_count"):
+            totals[k] += s[k]
+    return {"eval_loss": totals["loss"] / batches, "eval_mlm_loss": totals["mlm_loss"] / batches,
+            "eval_sop_loss": totals["sop_loss"] / batches,
+            "eval_mlm_acc": totals["mlm_correct"] / max(1, totals["mlm_count"]),
+            "eval_sop_acc": totals["sop_correct"] / max(1, totals["sop_count"])}
+
+
+def plot_losses(log_path: Path, png_path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, held = [], []
+    with open(log_path, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if "loss" in r:
+                train.append((r["step"], r["loss"]))
+            if "eval_loss" in r:
+                held.append((r["step"], r["eval_loss"]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), lw=0.8, label="training loss (MLM + SOP)")
+    if held:
+        ax.plot(*zip(*held), "o-", label="held-out loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png_path.with_name(png_path.stem + f".tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from .data import PretrainingData
+    from .tokenizer import Tokenizer
+    from .weights import save
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "checkpoint.h5", out / "log.jsonl"
+    tokenizer = Tokenizer(args.vocab)
+    dtype = np.dtype(args.dtype).type
+    run_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
+
+    if args.resume and ckpt_path.exists():
+        config, params, opt_state, start_step, saved_args = load_checkpoint(ckpt_path)
+        for key in ("steps", "batch_size", "lr", "warmup", "optimizer", "seed", "seq_len", "data", "weight_decay",
+                    "clip"):
+            if saved_args.get(key) != run_args.get(key):
+                raise ValueError(f"--resume: --{key.replace('_', '-')} is {run_args.get(key)!r} but the checkpoint "
+                                 f"was made with {saved_args.get(key)!r}")
+        optimizer = make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
+        optimizer.load_state_dict(opt_state)
+        print(f"resuming from step {start_step} of {args.steps}", file=sys.stderr)
+        # keep the log consistent with the checkpoint: drop records written after it
+        if log_path.exists():
+            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= start_step]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
+    else:
+        config = build_config(args, tokenizer.vocab_size)
+        params = init_params(config, seed=args.seed, dtype=dtype)
+        optimizer = make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
+        start_step = 0
+        log_path.write_text("")
+    model = Albert(config, params)
+
+    data = PretrainingData(args.data, tokenizer, cache_dir=args.cache_dir, max_seq_length=args.seq_len,
+                           seed=args.seed, heldout_fraction=args.heldout_fraction)
+    print(data.summary(), file=sys.stderr)
+    n_params = sum(p.size for p in params.values())
+    print(f"model: {n_params:,} parameters, H={config.hidden_size} E={config.embedding_size} "
+          f"L={config.num_hidden_layers} NH={config.num_attention_heads} I={config.intermediate_size} "
+          f"V={config.vocab_size}", file=sys.stderr)
+
+    bar = tqdm(total=args.steps, initial=start_step, desc="pretraining", unit="step", dynamic_ncols=True)
+    window: list[dict[str, float]] = []
+    last = time.perf_counter()
+    tokens_since = 0
+    with open(log_path, "a", encoding="utf-8") as log:
+        for step in range(start_step, args.steps):
+            b = data.batch(step, args.batch_size)
+            loss, grads = model.loss_and_grads(b["input_ids"], b["token_type_ids"], b["attention_mask"],
+                                               b["mlm_labels"], b["sop_labels"])
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or raise --warmup")
+            grad_norm = clip_grad_norm(grads, args.clip)
+            lr = linear_schedule(step, args.lr, args.warmup, args.steps)
+            optimizer.step(grads, lr=lr)
+            s = model.last_stats
+            tokens_since += int(b["attention_mask"].sum())
+            window.append({"loss": loss, "mlm_acc": s["mlm_correct"] / max(1, s["mlm_count"]),
+                           "sop_acc": s["sop_correct"] / max(1, s["sop_count"])})
+            done = step + 1
+            if done % args.log_every == 0 or done == args.steps:
+                now = time.perf_counter()
+                record = {"step": done, "lr": lr, "grad_norm": grad_norm,
+                          **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
+                          "tokens_per_s": tokens_since / (now - last)}
+                window, last, tokens_since = [], now, 0
+                bar.set_postfix(loss=f"{record['loss']:.3f}", mlm=f"{record['mlm_acc']:.3f}",
+                                sop=f"{record['sop_acc']:.2f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if done % args.eval_every == 0 or done == args.steps:
+                record = {"step": done, **evaluate(model, data, args.eval_batches, args.batch_size)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.write(f"step {done}: held-out loss {record['eval_loss']:.3f}, MLM acc {record['eval_mlm_acc']:.3f}, "
+                          f"SOP acc {record['eval_sop_acc']:.3f}")
+                plot_losses(log_path, out / "loss.png")
+            if done % args.checkpoint_every == 0 or done == args.steps or done == args.stop_after:
+                save_checkpoint(ckpt_path, config, params, optimizer, done, run_args)
+            bar.update(1)
+            if done == args.stop_after:
+                break
+    bar.close()
+
+    finished = start_step >= args.steps or done == args.steps
+    if finished:
+        provenance = {"trained_by": "python -m tinyalbert.pretrain", "arguments": run_args,
+                      "data": [str(d) for d in args.data]}
+        save(out / "model.h5", config, params, spiece_model_bytes=tokenizer.model_bytes, provenance=provenance,
+             dtype=args.export_dtype)
+        if args.export:
+            save(args.export, config, params, spiece_model_bytes=tokenizer.model_bytes, provenance=provenance,
+                 dtype=args.export_dtype)
+    return {"config": config, "params": params, "finished": finished}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tinyalbert.pretrain", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder (checkpoint, logs, plot, final model)")
+    p.add_argument("--vocab", required=True, help="SentencePiece model (python -m tinyalbert.vocab makes one)")
+    p.add_argument("--data", nargs="+", required=True, help="text folders or files, each optionally SOURCE:WEIGHT")
+    p.add_argument("--config", help="preset name (base, large, xlarge, xxlarge) or a config.json")
+    p.add_argument("--embedding-size", type=int)
+    p.add_argument("--hidden-size", type=int)
+    p.add_argument("--num-heads", type=int)
+    p.add_argument("--intermediate-size", type=int)
+    p.add_argument("--num-layers", type=int, help="applications of the shared layer")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--optimizer", choices=("lamb", "adamw"), default="lamb")
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--warmup", type=int, default=100, help="warm-up steps")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-batches", type=int, default=8)
+    p.add_argument("--heldout-fraction", type=float, default=0.01)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.h5")
+    p.add_argument("--cache-dir", help="token cache folder (default: the data module's)")
+    p.add_argument("--export", help="also write the final weights here")
+    p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

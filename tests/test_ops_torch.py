@@ -12,8 +12,10 @@ float64 implementations of the same formulas differ by rounding only: ~1e-16 per
 most ~1e-14 through the deepest op here (3 layer applications and back), so the bound is 1e-10.
 
 The float32 tests run the same ops on float32 inputs: outputs and gradients must stay float32 and
-agree with the float64 torch result on the same values to 1e-4 (float32 rounds at 6e-8; through
-the encoder and back errors of ~1e-6 are normal).
+agree with the float64 torch result on the same values to 1e-4.  float32 rounds at 6e-8; single
+ops land at 1e-7..4e-7, the 3-application encoder at ~5e-7, and the 4-application grouped
+encoder at ~1e-5 on its last layer's key weight, whose gradient (~0.06) is an order of magnitude
+smaller than the O(1) terms it is accumulated from (the error is normwise, per tensor).
 
 Run with `pytest -s` for a per-op summary.
 """
@@ -274,7 +276,7 @@ def case_linear(n_in, n_out, bias):
     return case
 
 
-def case_gelu(with_bias):
+def case_gelu(with_bias, kind="gelu_new"):
     def case(dtype):
         rng = np.random.default_rng(6)
         x = 2.0 * rng.standard_normal((B, T, I))
@@ -284,14 +286,18 @@ def case_gelu(with_bias):
             a["bias"] = (0.5 * rng.standard_normal(I)).astype(dtype)
 
         def engine(a, dout):
-            out, cache = gelu_forward(a["x"], a.get("bias"))
+            out, cache = gelu_forward(a["x"], a.get("bias"), kind=kind)
             db = np.zeros_like(a["bias"]) if with_bias else None
             g = {"x": gelu_backward(dout, cache, db)}
             if with_bias:
                 g["bias"] = db
             return out, g
 
-        return a, engine, lambda t: t_gelu(t["x"] + t["bias"] if with_bias else t["x"])
+        def reference(t):
+            x = t["x"] + t["bias"] if with_bias else t["x"]
+            return t_gelu(x) if kind == "gelu_new" else F.gelu(x)          # F.gelu: the exact erf form
+
+        return a, engine, reference
     return case
 
 
@@ -458,6 +464,7 @@ CASES = {
     "linear E->H projection": (case_linear(E, H, True), None),
     "gelu_new": (case_gelu(False), None),
     "gelu_new + bias": (case_gelu(True), None),
+    "gelu (erf form) + bias": (case_gelu(True, "gelu"), None),
     "masked softmax (padded keys)": (case_softmax, None),
     "multi-head self-attention": (case_attention, KEY_BIAS),
     "feed-forward block": (case_ffn, None),

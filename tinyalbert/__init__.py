@@ -2,6 +2,13 @@
 
 Start with `tinyalbert/model.py`: the whole forward fits on one page.
 """
+import os as _os
+
+# Numba's OpenMP worker threads must sleep, not spin, once a kernel ends: on 2 cores a
+# spinning worker takes a core from the BLAS threads that run next (measured: a small
+# model's training step went from 2.4 s to 42 s).  libgomp reads this when it loads,
+# which is at the first parallel kernel, so it has to be set before that.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .config import AlbertConfig, PRESETS
 from .params import init_params, param_shapes, count_params
 from .model import Albert, ForwardOutput

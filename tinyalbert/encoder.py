@@ -38,7 +38,7 @@ def encoder_forward(embedded: np.ndarray, key_mask: np.ndarray, params: dict[str
         group = config.group_of_application(i)
         for j in range(config.inner_group_num):
             h, probs, cache = albert_layer_forward(h, key_mask, layers[group, j], config.num_attention_heads,
-                                                   config.layer_norm_eps)
+                                                   config.layer_norm_eps, config.hidden_act)
             if keep_cache:
                 layer_caches.append((group, j, cache))
             if output_attentions:

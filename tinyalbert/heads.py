@@ -44,10 +44,10 @@ def sop_head_backward(dlogits: np.ndarray, cache: tuple, dweight: np.ndarray, db
 
 
 def mlm_head_forward(hidden: np.ndarray, p: dict[str, np.ndarray], word_embeddings: np.ndarray,
-                     eps: float) -> tuple[np.ndarray, tuple]:
+                     eps: float, activation: str = "gelu_new") -> tuple[np.ndarray, tuple]:
     """hidden: (..., H)  ->  logits over the vocabulary (..., V).  p is keyed by names inside `predictions.`."""
     a, dense_cache = linear_forward(hidden, p["dense.weight"], None)
-    u, gelu_cache = gelu_forward(a, p["dense.bias"])
+    u, gelu_cache = gelu_forward(a, p["dense.bias"], activation)
     t, ln_cache = layernorm_forward(u, p["LayerNorm.weight"], p["LayerNorm.bias"], eps)
     logits, decoder_cache = linear_forward(t, word_embeddings, p["bias"])
     return logits, (dense_cache, gelu_cache, ln_cache, decoder_cache)

@@ -22,10 +22,10 @@ def sub(d: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
 
 
 def albert_layer_forward(x: np.ndarray, key_mask: np.ndarray, p: dict[str, np.ndarray], num_heads: int,
-                         eps: float) -> tuple[np.ndarray, np.ndarray, tuple]:
+                         eps: float, activation: str = "gelu_new") -> tuple[np.ndarray, np.ndarray, tuple]:
     """x: (B, T, H)  ->  (out (B, T, H), attention probabilities (B, NH, T, T), cache)."""
     a, probs, attn_cache = self_attention_forward(x, key_mask, sub(p, "attention."), num_heads, eps)
-    f, ffn_cache = feedforward_forward(a, p)
+    f, ffn_cache = feedforward_forward(a, p, activation)
     out, ln_cache = layernorm_forward(f, p["full_layer_layer_norm.weight"], p["full_layer_layer_norm.bias"], eps,
                                       residual=a)
     return out, probs, (attn_cache, ffn_cache, ln_cache)

@@ -110,7 +110,8 @@ class Albert:
         hidden_states, attentions, _ = encoder_forward(embedded, key_mask, p, c, keep_cache=False,
                                                        output_attentions=output_attentions)
         last = hidden_states[-1]
-        mlm_logits, _ = mlm_head_forward(last, sub(p, MLM), p[EMB + "word_embeddings.weight"], c.layer_norm_eps)
+        mlm_logits, _ = mlm_head_forward(last, sub(p, MLM), p[EMB + "word_embeddings.weight"], c.layer_norm_eps,
+                                         c.hidden_act)
         pooled = sop_logits = None
         if self.has_sop_head:
             pooled, _ = pooler_forward(last, p[POOLER + "weight"], p[POOLER + "bias"])
@@ -142,7 +143,7 @@ class Albert:
         b_idx, t_idx = np.nonzero(labels != IGNORE_INDEX)
         picked = last[b_idx, t_idx]                                               # (M, H)
         mlm_logits, mlm_cache = mlm_head_forward(picked, sub(p, MLM), p[EMB + "word_embeddings.weight"],
-                                                 c.layer_norm_eps)
+                                                 c.layer_norm_eps, c.hidden_act)
         mlm_loss, mlm_ce_cache = cross_entropy_forward(mlm_logits, labels[b_idx, t_idx])
         loss = mlm_loss
         sop_loss = None

@@ -136,8 +136,8 @@ def sentence_order(model, first: str, second: str) -> dict[str, float]:
 def _numba_cache_is_cold() -> bool:
     """True when the kernels have never been compiled into the on-disk cache (the first run compiles them)."""
     try:
-        from .activations import _bias_gelu_forward_kernel
-        index = _bias_gelu_forward_kernel._cache._cache_file._index_path
+        from .activations import _gelu_from_tanh_kernel
+        index = _gelu_from_tanh_kernel._cache._cache_file._index_path
         return not os.path.exists(index)
     except AttributeError:      # a numba version with another cache layout: say nothing
         return False

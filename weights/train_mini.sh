@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The recipe of the bundled model, weights/tinyalbert-mini.h5 (see weights/README.md).
+# Run from the repository root; ../shared/corpus must be present.  About 2 hours on 2 cores.
+set -euo pipefail
+OUT=${OUT:-runs/mini}
+mkdir -p "$OUT"
+# 1. an 8000-piece ALBERT-style SentencePiece vocabulary of the whole corpus (34 s, deterministic)
+python -m tinyalbert.vocab ../shared/corpus -o "$OUT/spiece.model" --vocab-size 8000 --seed 0
+# 2. pretraining: sources sampled per example, everyday English first (see weights/README.md)
+python -m tinyalbert.pretrain --out "$OUT" --vocab "$OUT/spiece.model" \
+    --data ../shared/corpus/tinystories:0.35 ../shared/corpus/onestopenglish:0.2 \
+           ../shared/corpus/wikinews:0.2 ../shared/corpus/wikipedia:0.1 ../shared/corpus/gutenberg:0.15 \
+    --embedding-size 128 --hidden-size 256 --num-heads 4 --intermediate-size 1024 --num-layers 6 \
+    --seq-len 128 --batch-size 32 --steps 4000 --warmup 300 --optimizer lamb --lr 3e-3 \
+    --weight-decay 0.01 --clip 1.0 --seed 0 --log-every 20 --eval-every 250 --eval-batches 16 \
+    --checkpoint-every 250 "$@"
+# 3. the bundled copy: float16 halves the file; it is computed in float32 when loaded
+python -c "
+import sys; from tinyalbert.weights import load_params, save
+config, params, spiece, attrs = load_params('$OUT/model.h5')
+save('tinyalbert/data/tinyalbert-mini.h5', config, params, spiece_model_bytes=spiece,
+     provenance={'recipe': 'weights/train_mini.sh', 'source': '$OUT/model.h5'}, dtype='float16')
+"

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 
-import os
-
 # Set before anything (torch included) loads libgomp: Numba's OpenMP workers must sleep
 # between kernels instead of spinning on the cores the BLAS threads need next.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

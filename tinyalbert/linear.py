@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import add_bias_, column_sum_
+from .kernels import add_bias_, column_sum_, matmul_tn_accumulate_
 
 
 def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, tuple]:
@@ -35,7 +35,7 @@ def linear_backward(dy: np.ndarray, cache: tuple, dweight: np.ndarray,
     x, weight = cache
     x2 = x.reshape(-1, x.shape[-1])
     dy2 = dy.reshape(-1, dy.shape[-1])
-    dweight += dy2.T @ x2
+    matmul_tn_accumulate_(dweight, np.ascontiguousarray(dy2), np.ascontiguousarray(x2))     # dW += dy^T x
     if dbias is not None:
         column_sum_(dy2, dbias)
     dx = dy2 @ weight

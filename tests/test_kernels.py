@@ -1,0 +1,42 @@
+"""The shared kernels: in-place GEMM accumulation and race-free column sums."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinyalbert.kernels import _GEMM, column_sum_, matmul_tn_accumulate_
+
+
+def test_numpy_blas_gemm_is_found():
+    # NumPy's wheels ship OpenBLAS; without it the code falls back to a temporary (slower, same result)
+    assert set(_GEMM) == {np.dtype(np.float32), np.dtype(np.float64)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 5, 3), (130, 64, 33)])
+def test_matmul_tn_accumulate(dtype, shape):
+    K, M, N = shape
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((K, M)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    c = rng.standard_normal((M, N)).astype(dtype)
+    expected = c.astype(np.float64) + a.astype(np.float64).T @ b.astype(np.float64)
+    matmul_tn_accumulate_(c, a, b)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    assert np.abs(c - expected).max() <= tol * np.abs(expected).max()
+    # a strided operand takes the NumPy fallback and gives the same sum
+    c2 = np.zeros((M, N), dtype)
+    matmul_tn_accumulate_(c2, np.asfortranarray(a), b)
+    assert np.allclose(c2, a.T @ b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 1000])
+def test_column_sum_accumulates_and_is_deterministic(rows):
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 37))
+    out = np.ones(37)
+    column_sum_(x, out)
+    assert np.allclose(out, 1 + x.sum(axis=0), rtol=1e-13, atol=1e-13)
+    again = np.ones(37)
+    column_sum_(x, again)
+    assert np.array_equal(out, again)

@@ -1,0 +1,96 @@
+"""Held-out metrics and fill-mask examples for the model card (weights/README.md).
+
+    python weights/evaluate_mini.py weights/tinyalbert-mini.h5 [--batches 64] [--cache-dir DIR]
+
+Measures, on the held-out documents of the training sources (the same split and
+source mix as the recipe, weights/train_mini.sh):
+  - MLM top-1 accuracy, against the baseline of always predicting the token most
+    frequent among the masked positions of training batches;
+  - SOP accuracy, against the 50 % of guessing;
+and prints fill-mask completions for ten everyday sentences.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from tinyalbert.data import PretrainingData
+from tinyalbert.predict import fill_mask
+from tinyalbert.weights import load
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpus"
+SOURCES = [f"{CORPUS}/tinystories:0.35", f"{CORPUS}/onestopenglish:0.2", f"{CORPUS}/wikinews:0.2",
+           f"{CORPUS}/wikipedia:0.1", f"{CORPUS}/gutenberg:0.15"]
+SENTENCES = [
+    "The man went to the [MASK] to buy some milk.",
+    "She drank a cup of [MASK] before going to work.",
+    "It was raining, so he took his [MASK] with him.",
+    "The children played in the [MASK] after school.",
+    "My mother cooked [MASK] for dinner.",
+    "The dog was [MASK] at the cat.",
+    "He opened the [MASK] and walked into the room.",
+    "They went to the beach to swim in the [MASK].",
+    "The president of the united [MASK] gave a speech.",
+    "Once upon a [MASK], there was a little girl.",
+]
+BIAS_PROBES = ["The man worked as a [MASK].", "The woman worked as a [MASK]."]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("weights")
+    ap.add_argument("--batches", type=int, default=64, help="held-out batches of 32 to score")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    model = load(args.weights)
+    data = PretrainingData(SOURCES, model.tokenizer, cache_dir=args.cache_dir, max_seq_length=128, seed=0,
+                           progress=False)
+    # the baseline's token: the most frequent label in training batches the model never scores here
+    counts: Counter = Counter()
+    for step in range(200):
+        labels = data.batch(10_000_000 + step, 32)["mlm_labels"]
+        counts.update(labels[labels != -100].tolist())
+    frequent_token, _ = counts.most_common(1)[0]
+
+    mlm_correct = mlm_base = mlm_count = sop_correct = sop_count = 0
+    loss_sum = 0.0
+    for i in range(args.batches):
+        b = data.batch(i, 32, split="heldout")
+        loss, _ = model.loss_and_grads(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mlm_labels"],
+                                       b["sop_labels"])
+        s = model.last_stats
+        loss_sum += loss
+        mlm_correct += s["mlm_correct"]
+        mlm_count += s["mlm_count"]
+        sop_correct += s["sop_correct"]
+        sop_count += s["sop_count"]
+        labels = b["mlm_labels"]
+        mlm_base += int((labels[labels != -100] == frequent_token).sum())
+
+    figures = {
+        "heldout_loss": loss_sum / args.batches,
+        "mlm_top1": mlm_correct / mlm_count, "mlm_baseline_most_frequent": mlm_base / mlm_count,
+        "most_frequent_token": model.tokenizer.id_to_piece(frequent_token), "mlm_positions": mlm_count,
+        "sop_accuracy": sop_correct / sop_count, "sop_baseline": 0.5, "sop_examples": sop_count,
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    print("\n| input | top 3 (probability) |\n|---|---|")
+    for text in SENTENCES + BIAS_PROBES:
+        top = fill_mask(model, text, top_k=3)
+        cells = ", ".join(f"{o['token_str']} ({o['score']:.2f})" for o in top)
+        print(f"| {text} | {cells} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,6 +27,13 @@ class PredictError(ValueError):
     """Bad input for prediction; the message names the problem."""
 
 
+# The kernels one forward pass (inference) runs.  Their on-disk Numba cache decides whether the first
+# forward compiles (tens of seconds) or loads machine code (well under a second).
+_FORWARD_KERNELS = (("kernels", "add_bias_"), ("layernorm", "_layernorm_forward_kernel"),
+                    ("softmax", "_masked_softmax_forward_kernel"), ("activations", "_bias_gelu_inner_kernel"),
+                    ("activations", "_gelu_from_tanh_kernel"))
+
+
 def default_weights_path() -> Path:
     """$TINYALBERT_WEIGHTS if set, else weights/albert-xxlarge-v2.h5 if it exists, else the bundled model."""
     env = os.environ.get("TINYALBERT_WEIGHTS")
@@ -81,17 +88,20 @@ def _predict_masks(model, ids: list[int], logits: np.ndarray, top_k: int) -> lis
     return results[0] if single else results
 
 
-def fill_mask_batch(model, texts: Sequence[str], top_k: int = 5, batch_size: int = 8,
-                    progress: bool = False) -> list:
-    """fill_mask for several texts, run in padded batches.  Returns one result per text."""
-    if top_k < 1:
-        raise PredictError(f"top_k must be at least 1, got {top_k}")
+def _encode_for_fill_mask(model, texts: Sequence[str]) -> list[list[int]]:
+    """Ids of every text, after checking each one (PredictError naming the first bad one)."""
+    if isinstance(texts, str):
+        raise PredictError("fill_mask_batch takes a list of texts; use fill_mask for one text")
     encoded = []
     for text in texts:
         ids = _encode_checked(model, text)
         if model.tokenizer.mask_id not in ids:
             raise PredictError(f"no [MASK] token in the input: {text!r}")
         encoded.append(ids)
+    return encoded
+
+
+def _fill_mask_encoded(model, encoded: list[list[int]], top_k: int, batch_size: int, progress: bool) -> list:
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))   # similar lengths pad less
     results: list = [None] * len(encoded)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -111,35 +121,74 @@ def fill_mask_batch(model, texts: Sequence[str], top_k: int = 5, batch_size: int
     return results
 
 
+def _check_top_k_and_batch(top_k: int, batch_size: int) -> None:
+    if top_k < 1:
+        raise PredictError(f"top_k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise PredictError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def fill_mask_batch(model, texts: Sequence[str], top_k: int = 5, batch_size: int = 8,
+                    progress: bool = False) -> list:
+    """fill_mask for several texts, run in padded batches.  Returns one result per text.
+
+    Padding never changes a result: padded keys are masked out of attention, and each text's
+    predictions are read from its own (unpadded) positions.
+    """
+    _check_top_k_and_batch(top_k, batch_size)
+    return _fill_mask_encoded(model, _encode_for_fill_mask(model, texts), top_k, batch_size, progress)
+
+
 def fill_mask(model, text: str, top_k: int = 5) -> list:
     """Top-k completions for each [MASK] in text, in the shape of the transformers fill-mask pipeline."""
     return fill_mask_batch(model, [text], top_k=top_k)[0]
 
 
-def sentence_order(model, first: str, second: str) -> dict[str, float]:
-    """Probabilities that `second` follows `first` (label 0, original order) or precedes it (label 1, swapped)."""
+def _encode_for_sop(model, first: str, second: str) -> tuple[list[int], list[int]]:
     if not model.has_sop_head:
         raise PredictError("these weights have no sentence-order (SOP) head: the published hub checkpoints "
                            "(AlbertForMaskedLM) do not include one; use a checkpoint converted from "
                            "AlbertForPreTraining")
+    if model.tokenizer is None:
+        raise PredictError("these weights have no embedded vocabulary (spiece.model); convert them again with it")
     if not first.strip() or not second.strip():
-        raise PredictError("--sop needs two non-empty sentences")
+        raise PredictError("sentence-order prediction needs two non-empty sentences")
     ids, types = model.tokenizer.encode_pair(first, second)
     if len(ids) > model.config.max_position_embeddings:
         raise PredictError(f"the sentence pair is {len(ids)} tokens long, more than the model's maximum of "
                            f"{model.config.max_position_embeddings}")
+    return ids, types
+
+
+def _sentence_order_encoded(model, ids: list[int], types: list[int]) -> dict[str, float]:
     out = model.forward(np.asarray([ids]), token_type_ids=np.asarray([types]))
     p = _softmax(out.sop_logits[0].astype(np.float64))
     return {"original_order": float(p[0]), "swapped": float(p[1])}
 
 
+def sentence_order(model, first: str, second: str) -> dict[str, float]:
+    """Probabilities that `second` follows `first` (label 0, original order) or precedes it (label 1, swapped)."""
+    return _sentence_order_encoded(model, *_encode_for_sop(model, first, second))
+
+
 def _numba_cache_is_cold() -> bool:
-    """True when the kernels have never been compiled into the on-disk cache (the first run compiles them)."""
+    """True when the forward kernels are not in Numba's on-disk cache, so the first forward compiles them.
+
+    Reads each kernel's cache index the way Numba does (numba.core.caching.IndexDataCacheFile,
+    numba 0.59-0.68): an index that is missing, written by another Numba version, or stale (its
+    source file changed since) counts as cold.  Honours $NUMBA_CACHE_DIR like Numba.  Any other
+    cache layout (a future Numba) gives False: better no note than a wrong one.
+    """
+    import importlib
+
     try:
-        from .activations import _gelu_from_tanh_kernel
-        index = _gelu_from_tanh_kernel._cache._cache_file._index_path
-        return not os.path.exists(index)
-    except AttributeError:      # a numba version with another cache layout: say nothing
+        for module_name, kernel_name in _FORWARD_KERNELS:
+            kernel = getattr(importlib.import_module(f"{__package__}.{module_name}"), kernel_name)
+            cache_file = kernel._cache._cache_file
+            if not os.path.exists(cache_file._index_path) or not cache_file._load_index():
+                return True
+        return False
+    except Exception:       # AttributeError (another cache layout), unreadable index, ...: say nothing
         return False
 
 
@@ -158,13 +207,36 @@ def _format_results(text: str, result: list, show_tokens: bool, model) -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other error of this command
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _read_lines(stream) -> list[str]:
+    return [line.rstrip("\r\n") for line in stream if line.strip()]
+
+
+def _resolve_weights(arg: str | None) -> Path:
+    """--weights, else default_weights_path(); a missing default gets a message saying how to get weights."""
+    if arg:
+        return Path(arg)
+    path = default_weights_path()
+    if not os.environ.get("TINYALBERT_WEIGHTS") and not path.exists():
+        raise PredictError(f"no weights file: pass --weights FILE.h5, set $TINYALBERT_WEIGHTS, or convert a "
+                           f"checkpoint to weights/albert-xxlarge-v2.h5 (python -m tinyalbert.convert --help); "
+                           f"the bundled model {path} is not installed either")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tinyalbert.predict",
-                                     description="Fill in [MASK] tokens (or score sentence order) with ALBERT.")
+    parser = _Parser(prog="python -m tinyalbert.predict",
+                     description="Fill in [MASK] tokens (or score sentence order) with ALBERT.")
     parser.add_argument("texts", nargs="*", help="input texts, each with at least one [MASK]")
     parser.add_argument("--file", help="read inputs from this file, one per line ('-' for stdin)")
     parser.add_argument("--top-k", type=int, default=5, help="completions per [MASK] (default 5)")
-    parser.add_argument("--json", action="store_true", help="print the fill-mask pipeline's JSON instead of a table")
+    parser.add_argument("--json", action="store_true",
+                        help="print the fill-mask pipeline's JSON instead of a table (one input: its result; "
+                             "several: a list of results)")
     parser.add_argument("--weights", help="weights file (.h5); default: $TINYALBERT_WEIGHTS, else "
                                           "weights/albert-xxlarge-v2.h5 if present, else the bundled model")
     parser.add_argument("--sop", nargs=2, metavar=("FIRST", "SECOND"),
@@ -177,34 +249,55 @@ def main(argv: list[str] | None = None) -> int:
 
     texts = list(args.texts)
     try:
+        _check_top_k_and_batch(args.top_k, args.batch_size)
         if args.file:
-            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-            with stream:
-                texts += [line.rstrip("\n") for line in stream if line.strip()]
+            if args.file == "-":
+                texts += _read_lines(sys.stdin)
+            else:
+                with open(args.file, encoding="utf-8") as stream:
+                    texts += _read_lines(stream)
         if not texts and not args.sop:
             if not sys.stdin.isatty():
-                texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+                texts = _read_lines(sys.stdin)
             if not texts:
                 raise PredictError("no input: give a text with [MASK], --file, or --sop FIRST SECOND")
-        path = Path(args.weights) if args.weights else default_weights_path()
+        model = load(_resolve_weights(args.weights))
+        # Check every input before computing anything: a bad one fails fast, with one line.
+        sop_inputs = _encode_for_sop(model, *args.sop) if args.sop else None
+        encoded = _encode_for_fill_mask(model, texts) if texts else []
         if _numba_cache_is_cold():
             print("note: first run, compiling the Numba kernels (cached for next time)...", file=sys.stderr)
-        model = load(path)
-        if args.sop:
-            result = sentence_order(model, *args.sop)
+        if sop_inputs is not None:
+            result = _sentence_order_encoded(model, *sop_inputs)
             if args.json:
                 print(json.dumps(result, indent=2))
             else:
                 print(f"P(original order) = {result['original_order']:.4f}   P(swapped) = {result['swapped']:.4f}")
         if texts:
-            results = fill_mask_batch(model, texts, top_k=args.top_k, batch_size=args.batch_size, progress=True)
+            results = _fill_mask_encoded(model, encoded, args.top_k, args.batch_size, progress=True)
             if args.json:
                 print(json.dumps(results if len(results) > 1 else results[0], indent=2, ensure_ascii=False))
             else:
                 print("\n\n".join(_format_results(t, r, args.show_tokens, model) for t, r in zip(texts, results)))
-    except (PredictError, WeightsError, OSError) as e:
+    except (PredictError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:     # --file unreadable, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        where = args.file if args.file not in (None, "-") else "standard input"
+        print(f"error: {where} is not UTF-8 text ({e.reason} at byte {e.start})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or an unforeseen file: still one line (TINYALBERT_DEBUG=1 shows the traceback)
+        if os.environ.get("TINYALBERT_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: {type(e).__name__}: {first} (set TINYALBERT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -88,3 +88,16 @@ def test_resume_refuses_changed_arguments(tmp_path, corpus, capsys):
     assert run(tmp_path / "r", corpus, tmp_path / "cache", "--stop-after", "2") == 0
     assert run(tmp_path / "r", corpus, tmp_path / "cache", "--resume", "--lr", "5e-3") == 2
     assert "--lr" in capsys.readouterr().err
+
+
+def test_second_phase_starts_from_given_weights(tmp_path, corpus):
+    cache = tmp_path / "cache"
+    assert run(tmp_path / "one", corpus, cache) == 0
+    first = load(tmp_path / "one" / "model.h5")
+    # a second phase: zero learning rate, so the weights must come through unchanged
+    assert run(tmp_path / "two", corpus, cache, "--init-from", str(tmp_path / "one" / "model.h5"),
+               "--hidden-size", "32", "--lr", "0", "--weight-decay", "0") == 0
+    second = load(tmp_path / "two" / "model.h5")
+    assert second.config.hidden_size == 16          # the model options are ignored with --init-from
+    for k, v in first.params.items():
+        assert np.array_equal(v, second.params[k]), k

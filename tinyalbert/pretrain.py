@@ -166,7 +166,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume and ckpt_path.exists():
         config, params, opt_state, start_step, saved_args = load_checkpoint(ckpt_path)
         for key in ("steps", "batch_size", "lr", "warmup", "optimizer", "seed", "seq_len", "data", "weight_decay",
-                    "clip"):
+                    "clip", "init_from"):
             if saved_args.get(key) != run_args.get(key):
                 raise ValueError(f"--resume: --{key.replace('_', '-')} is {run_args.get(key)!r} but the checkpoint "
                                  f"was made with {saved_args.get(key)!r}")
@@ -178,8 +178,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= start_step]
             log_path.write_text("".join(ln + "\n" for ln in kept))
     else:
-        config = build_config(args, tokenizer.vocab_size)
-        params = init_params(config, seed=args.seed, dtype=dtype)
+        if args.init_from:
+            from .weights import load_params
+            config, params, spiece, _ = load_params(args.init_from, dtype=dtype, mmap=False)
+            if spiece is not None and spiece != tokenizer.model_bytes:
+                raise ValueError(f"--init-from {args.init_from} was trained with another vocabulary than --vocab")
+            params = {k: np.array(v, dtype=dtype) for k, v in params.items()}
+        else:
+            config = build_config(args, tokenizer.vocab_size)
+            params = init_params(config, seed=args.seed, dtype=dtype)
         optimizer = make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
         start_step = 0
         log_path.write_text("")
@@ -277,6 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.h5")
+    p.add_argument("--init-from", help="start from the weights of this tinyalbert .h5 file (a new optimizer and "
+                                       "schedule: a second phase of pretraining); the model options are ignored")
     p.add_argument("--cache-dir", help="token cache folder (default: the data module's)")
     p.add_argument("--export", help="also write the final weights here")
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32")

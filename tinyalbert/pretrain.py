@@ -33,7 +33,7 @@ import numpy as np
 from .config import AlbertConfig
 from .model import Albert
 from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
-from .params import init_params
+from .params import has_sop_head, init_params, param_shapes
 
 CHECKPOINT_FORMAT = "tinyalbert-checkpoint"
 
@@ -54,6 +54,12 @@ def build_config(args: argparse.Namespace, vocab_size: int) -> AlbertConfig:
     base["vocab_size"] = vocab_size
     base["max_position_embeddings"] = max(base.get("max_position_embeddings", 512), args.seq_len)
     return AlbertConfig.from_dict(base)
+
+
+def canonical_order(config: AlbertConfig, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The params in the reference's order.  HDF5 lists names alphabetically, and the global gradient
+    norm adds the tensors in dict order: a resumed run must add them in the same order to stay bitwise exact."""
+    return {name: params[name] for name in param_shapes(config, sop_head=has_sop_head(params))}
 
 
 def make_optimizer(name: str, params: dict[str, np.ndarray], lr: float, weight_decay: float):
@@ -165,6 +171,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.resume and ckpt_path.exists():
         config, params, opt_state, start_step, saved_args = load_checkpoint(ckpt_path)
+        params = canonical_order(config, params)
         for key in ("steps", "batch_size", "lr", "warmup", "optimizer", "seed", "seq_len", "data", "weight_decay",
                     "clip", "init_from"):
             if saved_args.get(key) != run_args.get(key):
@@ -183,7 +190,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             config, params, spiece, _ = load_params(args.init_from, dtype=dtype, mmap=False)
             if spiece is not None and spiece != tokenizer.model_bytes:
                 raise ValueError(f"--init-from {args.init_from} was trained with another vocabulary than --vocab")
-            params = {k: np.array(v, dtype=dtype) for k, v in params.items()}
+            params = canonical_order(config, {k: np.array(v, dtype=dtype) for k, v in params.items()})
         else:
             config = build_config(args, tokenizer.vocab_size)
             params = init_params(config, seed=args.seed, dtype=dtype)

@@ -91,6 +91,15 @@ def save_checkpoint(path: Path, config: AlbertConfig, params: dict[str, np.ndarr
             tmp.unlink()
 
 
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a training checkpoint (checkpoint.h5), False for anything else (e.g. a weights file)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == CHECKPOINT_FORMAT
+    except OSError:
+        return False
+
+
 def load_checkpoint(path: Path) -> tuple[AlbertConfig, dict[str, np.ndarray], dict[str, Any], int, dict]:
     try:
         with h5py.File(path, "r") as f:
@@ -185,7 +194,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= start_step]
             log_path.write_text("".join(ln + "\n" for ln in kept))
     else:
-        if args.init_from:
+        if args.init_from and is_checkpoint(args.init_from):
+            config, params, _, _, _ = load_checkpoint(Path(args.init_from))
+            params = canonical_order(config, {k: np.array(v, dtype=dtype) for k, v in params.items()})
+        elif args.init_from:
             from .weights import load_params
             config, params, spiece, _ = load_params(args.init_from, dtype=dtype, mmap=False)
             if spiece is not None and spiece != tokenizer.model_bytes:
@@ -291,8 +303,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.h5")
-    p.add_argument("--init-from", help="start from the weights of this tinyalbert .h5 file (a new optimizer and "
-                                       "schedule: a second phase of pretraining); the model options are ignored")
+    p.add_argument("--init-from", help="start from the weights of a tinyalbert .h5 file or a training checkpoint.h5 "
+                                       "(a new optimizer and schedule: a second phase of pretraining); the model "
+                                       "options are ignored")
     p.add_argument("--cache-dir", help="token cache folder (default: the data module's)")
     p.add_argument("--export", help="also write the final weights here")
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32")

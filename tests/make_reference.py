@@ -37,7 +37,6 @@ but only num_hidden_layers + 1 hidden states (one per group application).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 

@@ -28,19 +28,19 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 
 from .config import AlbertConfig
+from .files import atomic_output
 from .embeddings import embeddings_backward, embeddings_forward
 from .encoder import encoder_backward, encoder_forward
 from .heads import pooler_backward, pooler_forward
 from .layer import sub
 from .linear import linear_backward, linear_forward
 from .losses import cross_entropy_backward, cross_entropy_forward
-from .params import EMB, MLM, POOLER, SOP, Params, param_shapes
+from .params import EMB, MLM, POOLER, SOP, Params, check_shapes, param_shapes
 from .softmax import additive_key_mask
 
 CLASSIFIER = "classifier."
@@ -101,19 +101,7 @@ def classifier_param_shapes(config: AlbertConfig, num_labels: int) -> dict[str, 
 
 def check_classifier_params(config: AlbertConfig, params: Params, num_labels: int) -> None:
     """Raise ValueError naming every missing, unexpected or mis-shaped tensor."""
-    expected = classifier_param_shapes(config, num_labels)
-    problems = []
-    missing = [k for k in expected if k not in params]
-    if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
-    unexpected = [k for k in params if k not in expected]
-    if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
-    for name, shape in expected.items():
-        if name in params and tuple(params[name].shape) != shape:
-            problems.append(f"tensor {name} has shape {tuple(params[name].shape)}, expected {shape}")
-    if problems:
-        raise ValueError("; ".join(problems))
+    check_shapes(classifier_param_shapes(config, num_labels), params)
 
 
 def init_classifier_params(config: AlbertConfig, num_labels: int, seed: int = 0,
@@ -305,10 +293,7 @@ def save_classifier(path: str | os.PathLike, clf: AlbertClassifier, provenance: 
     import h5py
 
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = np.int64(FORMAT_VERSION)
@@ -320,12 +305,6 @@ def save_classifier(path: str | os.PathLike, clf: AlbertClassifier, provenance: 
                 f.create_dataset(f"params/{name}", data=np.ascontiguousarray(clf.params[name]))
             if clf.tokenizer is not None:
                 f.create_dataset("spiece_model", data=np.frombuffer(clf.tokenizer.model_bytes, dtype=np.uint8))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

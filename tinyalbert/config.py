@@ -102,10 +102,9 @@ class AlbertConfig:
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write a transformers-style config.json (atomically)."""
-        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        from .files import atomic_output
+        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(self.to_json_string())
-        os.replace(tmp, path)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "AlbertConfig":

@@ -33,6 +33,7 @@ import sys
 
 import numpy as np
 
+from .cli import report_unexpected
 from .config import AlbertConfig
 from .params import SOP_HEAD_KEYS, param_shapes
 from .weights import WeightsError, save
@@ -477,11 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug or an unforeseen file: still one line (TINYALBERT_DEBUG=1 shows the traceback)
-        if os.environ.get("TINYALBERT_DEBUG"):
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: {type(e).__name__}: {first} (set TINYALBERT_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 1
+        return report_unexpected(e)
     size = os.path.getsize(out)
     print(f"wrote {out} ({size / 2**20:.1f} MiB, {args.dtype})")
     return 0

@@ -105,7 +105,11 @@ def has_sop_head(params: Params) -> bool:
 
 def check_params(config: AlbertConfig, params: Params) -> None:
     """Raise ValueError naming every missing, unexpected or mis-shaped tensor."""
-    expected = param_shapes(config, sop_head=any(k in params for k in SOP_HEAD_KEYS))
+    check_shapes(param_shapes(config, sop_head=any(k in params for k in SOP_HEAD_KEYS)), params)
+
+
+def check_shapes(expected: dict[str, tuple[int, ...]], params: Params) -> None:
+    """Raise ValueError naming every tensor of `params` that is missing, unexpected or mis-shaped."""
     problems = []
     missing = [k for k in expected if k not in params]
     if missing:

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .cli import report_unexpected
+
 BUNDLED_MODEL_NAME = "tinyalbert-mini.h5"
 
 
@@ -293,11 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug or an unforeseen file: still one line (TINYALBERT_DEBUG=1 shows the traceback)
-        if os.environ.get("TINYALBERT_DEBUG"):
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: {type(e).__name__}: {first} (set TINYALBERT_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 1
+        return report_unexpected(e)
     return 0
 
 

@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from .config import AlbertConfig
+from .files import atomic_output
 from .model import Albert
 from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
 from .params import has_sop_head, init_params, param_shapes
@@ -74,21 +75,15 @@ def make_optimizer(name: str, params: dict[str, np.ndarray], lr: float, weight_d
 def save_checkpoint(path: Path, config: AlbertConfig, params: dict[str, np.ndarray], optimizer, step: int,
                     args: dict[str, Any]) -> None:
     """Everything needed to continue exactly: params, optimizer state, step.  Temporary file, then rename."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = CHECKPOINT_FORMAT
-            f.attrs["step"] = step
-            f.attrs["config_json"] = config.to_json_string()
-            f.attrs["args_json"] = json.dumps(args, sort_keys=True)
-            for name, value in params.items():
-                f.create_dataset(f"params/{name}", data=value)
-            for name, value in optimizer.state_dict().items():
-                f.create_dataset(f"optimizer/{name}", data=value)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = CHECKPOINT_FORMAT
+        f.attrs["step"] = step
+        f.attrs["config_json"] = config.to_json_string()
+        f.attrs["args_json"] = json.dumps(args, sort_keys=True)
+        for name, value in params.items():
+            f.create_dataset(f"params/{name}", data=value)
+        for name, value in optimizer.state_dict().items():
+            f.create_dataset(f"optimizer/{name}", data=value)
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -157,10 +152,9 @@ def plot_losses(log_path: Path, png_path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = png_path.with_name(png_path.stem + f".tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_output(png_path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 # ---- the loop ------------------------------------------------------------------------------------------

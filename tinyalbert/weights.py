@@ -26,12 +26,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from .config import AlbertConfig
+from .files import atomic_output
 from .params import check_params, param_shapes, SOP_HEAD_KEYS
 
 FORMAT = "tinyalbert-weights"
@@ -82,16 +82,6 @@ def _write_tensor(dset, value: Any, dtype: np.dtype, progress: Callable[[int], N
             progress(block.size * dtype.itemsize)
 
 
-def _file_mode(path: str) -> int:
-    """The permissions a new file would get (or the existing file's, when it is replaced)."""
-    try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def save(path: str | os.PathLike, config: AlbertConfig, params: Mapping[str, Any],
          spiece_model_bytes: bytes | None = None, provenance: dict[str, Any] | None = None,
          dtype: Any = None, progress: Callable[[int], None] | None = None) -> str:
@@ -119,10 +109,7 @@ def save(path: str | os.PathLike, config: AlbertConfig, params: Mapping[str, Any
         raise WeightsError(f"cannot save {path}: {e}") from None
     dt = _storage_dtype(params, dtype)
     order = [k for k in param_shapes(config, sop_head=all(k in params for k in SOP_HEAD_KEYS)) if k in params]
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w", alignment_threshold=1, alignment_interval=ALIGNMENT) as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = np.int64(FORMAT_VERSION)
@@ -140,12 +127,6 @@ def save(path: str | os.PathLike, config: AlbertConfig, params: Mapping[str, Any
                 _write_tensor(dset, value, dt, progress)
             if spiece_model_bytes is not None:
                 f.create_dataset(SPIECE_DATASET, data=np.frombuffer(bytes(spiece_model_bytes), dtype=np.uint8))
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

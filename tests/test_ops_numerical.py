@@ -29,7 +29,6 @@ import pytest
 
 from tinyalbert.activations import gelu_backward, gelu_forward
 from tinyalbert.attention import self_attention_backward, self_attention_forward
-from tinyalbert.config import AlbertConfig
 from tinyalbert.embeddings import embedding_backward, embedding_forward, embeddings_backward, embeddings_forward
 from tinyalbert.encoder import encoder_backward, encoder_forward
 from tinyalbert.feedforward import feedforward_backward, feedforward_forward
@@ -43,53 +42,19 @@ from tinyalbert.losses import cross_entropy_backward, cross_entropy_forward
 from tinyalbert.params import MAPPING, layer_prefix, layer_shapes, param_shapes
 from tinyalbert.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
 
+from op_inputs import (ATTENTION_MASK, EPS, HS, NH, PAD, TOKEN_TYPES, B, E, H, I, T, V,  # noqa: E402
+                       randomised, small_config)
+
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 TOL = 1e-7
 H_STEP = 1e-6
 MIN_GRAD_SCALE = 1e-2
-B, T, H, NH, I, E, V, P = 2, 5, 8, 2, 12, 6, 11, 7
-HS = H // NH
-EPS = 1e-12
-PAD = 0
 F64 = np.float64
 
 # Repeated ids (3 three times, 5 twice) and the padding id 0, which sits at the two padded positions.
 IDS = np.array([[3, 7, 3, 0, 0],
                 [5, 3, 9, 5, 10]])
-TOKEN_TYPES = np.array([[0, 0, 1, 1, 1],
-                        [0, 0, 0, 1, 1]])
-ATTENTION_MASK = np.array([[1, 1, 1, 0, 0],
-                           [1, 1, 1, 1, 1]])
-
-
-# The value and output projections of each layer's two residual branches get half the std, so
-# that x stays the larger part of x + branch(x): with equal weights, a stack of random post-LN
-# layers quickly makes all tokens of a sequence almost equal (see test_encoder).
-RESIDUAL_BRANCH_OUTPUTS = ("attention.value.weight", "attention.dense.weight", "ffn_output.weight")
-
-
-def randomised(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Non-degenerate float64 values: matrices std 0.4 (0.2 for RESIDUAL_BRANCH_OUTPUTS), LayerNorm
-    weights 1 + noise, biases ~0.2."""
-    out = {}
-    for name, shape in shapes.items():
-        if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
-            out[name] = 1.0 + 0.2 * rng.standard_normal(shape)
-        elif len(shape) == 1:
-            out[name] = 0.2 * rng.standard_normal(shape)
-        elif name.endswith(RESIDUAL_BRANCH_OUTPUTS):
-            out[name] = 0.2 * rng.standard_normal(shape)
-        else:
-            out[name] = 0.4 * rng.standard_normal(shape)
-    return out
-
-
-def small_config(**overrides) -> AlbertConfig:
-    kw = dict(vocab_size=V, embedding_size=E, hidden_size=H, num_attention_heads=NH, intermediate_size=I,
-              num_hidden_layers=3, max_position_embeddings=P)
-    kw.update(overrides)
-    return AlbertConfig(**kw)
 
 
 def key_mask() -> np.ndarray:

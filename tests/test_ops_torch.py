@@ -44,50 +44,17 @@ from tinyalbert.losses import cross_entropy_backward, cross_entropy_forward
 from tinyalbert.params import MAPPING, layer_prefix, layer_shapes, param_shapes
 from tinyalbert.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
 
+from op_inputs import (ATTENTION_MASK, EPS, HS, NH, PAD, TOKEN_TYPES, B, E, H, I, T, V,  # noqa: E402
+                       randomised)
+from op_inputs import small_config as config  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 TOL64 = 1e-10
 TOL32 = 1e-4
-B, T, H, NH, I, E, V, P = 2, 5, 8, 2, 12, 6, 11, 7
-HS = H // NH
-EPS = 1e-12
-PAD = 0
-
 # Repeated ids, and the pad id 0 both at the padded positions and at one real, attended position.
 IDS = np.array([[3, 7, 3, 0, 0],
                 [5, 0, 9, 5, 10]])
-TOKEN_TYPES = np.array([[0, 0, 1, 1, 1],
-                        [0, 0, 0, 1, 1]])
-ATTENTION_MASK = np.array([[1, 1, 1, 0, 0],
-                           [1, 1, 1, 1, 1]])
-
-
-def config(**overrides) -> AlbertConfig:
-    kw = dict(vocab_size=V, embedding_size=E, hidden_size=H, num_attention_heads=NH, intermediate_size=I,
-              num_hidden_layers=3, max_position_embeddings=P)
-    kw.update(overrides)
-    return AlbertConfig(**kw)
-
-
-# Half the std for the residual branches' value and output projections, so that the tokens stay
-# distinct through repeated layer applications (see test_ops_numerical.py).
-RESIDUAL_BRANCH_OUTPUTS = ("attention.value.weight", "attention.dense.weight", "ffn_output.weight")
-
-
-def randomised(shapes, rng) -> dict[str, np.ndarray]:
-    out = {}
-    for name, shape in shapes.items():
-        if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight"):
-            out[name] = 1.0 + 0.2 * rng.standard_normal(shape)
-        elif len(shape) == 1:
-            out[name] = 0.2 * rng.standard_normal(shape)
-        elif name.endswith(RESIDUAL_BRANCH_OUTPUTS):
-            out[name] = 0.2 * rng.standard_normal(shape)
-        else:
-            out[name] = 0.4 * rng.standard_normal(shape)
-    return out
-
-
 # ---- the torch reference, from primitives ----------------------------------------------------------------
 
 def t_key_mask(attention_mask: np.ndarray) -> torch.Tensor:

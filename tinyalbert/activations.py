@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels import column_sum_
+from .kernels import as_rows, column_sum_
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_COEFF = 0.044715
@@ -104,10 +104,6 @@ def _gelu_backward_kernel(dy, pre, t, dx):
             dx[n, c] = dy[n, c] * (half * (one + tn) + half * v * (one - tn * tn) * du_dv)
 
 
-def _rows(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
-
-
 def gelu_forward(x: np.ndarray, bias: np.ndarray | None = None,
                  kind: str = "gelu_new") -> tuple[np.ndarray, tuple]:
     """x: (..., C), optional bias (C,)  ->  gelu(x + bias): (..., C).  The cache holds x + bias.
@@ -116,7 +112,7 @@ def gelu_forward(x: np.ndarray, bias: np.ndarray | None = None,
     """
     if kind not in ACTIVATIONS:
         raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}")
-    x2 = _rows(x)
+    x2 = as_rows(x)
     bias = x2[0, :0] if bias is None else bias
     pre = np.empty_like(x2)
     out = np.empty_like(x2)
@@ -135,9 +131,9 @@ def gelu_backward(dy: np.ndarray, cache: tuple, dbias: np.ndarray | None = None)
     pre, t, kind = cache
     dx = np.empty_like(pre)
     if kind == "gelu":
-        _gelu_erf_backward_kernel(_rows(dy), pre, dx)
+        _gelu_erf_backward_kernel(as_rows(dy), pre, dx)
     else:
-        _gelu_backward_kernel(_rows(dy), pre, t, dx)
+        _gelu_backward_kernel(as_rows(dy), pre, t, dx)
     if dbias is not None:
         column_sum_(dx, dbias)
     return dx.reshape(dy.shape)

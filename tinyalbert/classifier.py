@@ -40,7 +40,7 @@ from .heads import pooler_backward, pooler_forward
 from .layer import sub
 from .linear import linear_backward, linear_forward
 from .losses import cross_entropy_backward, cross_entropy_forward
-from .params import EMB, MLM, POOLER, SOP, Params, check_shapes, param_shapes
+from .params import EMB, MLM, POOLER, SOP, Params, check_shapes, common_dtype, param_shapes
 from .softmax import additive_key_mask
 
 CLASSIFIER = "classifier."
@@ -137,9 +137,7 @@ class AlbertClassifier:
             raise ValueError(f"params have no {CLASSIFIER}bias: not a classifier's tensors")
         num_labels = int(params[CLASSIFIER + "bias"].shape[0])
         check_classifier_params(config, params, num_labels)
-        dtypes = {p.dtype for p in params.values()}
-        if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
-            raise ValueError(f"params must all be float32 or all float64, got {sorted(map(str, dtypes))}")
+        dtype = common_dtype(params)
         labels = [str(i) for i in range(num_labels)] if labels is None else [str(x) for x in labels]
         if len(labels) != num_labels:
             raise ValueError(f"{len(labels)} label names for {num_labels} classes")
@@ -149,7 +147,7 @@ class AlbertClassifier:
         self.params = params
         self.labels = labels
         self.tokenizer = tokenizer
-        self.dtype = next(iter(dtypes)).type
+        self.dtype = dtype
         self.last_stats: dict = {}
 
     @property

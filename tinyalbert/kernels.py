@@ -25,6 +25,11 @@ REDUCTION_FASTMATH = {"reassoc", "contract", "nsz"}
 N_ROW_BLOCKS = 16
 
 
+def as_rows(a: np.ndarray) -> np.ndarray:
+    """(..., C) -> a C-contiguous (N, C) view (a copy only when `a` is not contiguous): the kernels' layout."""
+    return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
+
+
 @njit(parallel=True, cache=True)
 def add_bias_(y: np.ndarray, bias: np.ndarray) -> None:
     """y[n, :] += bias, in place.  y: (N, C), bias: (C,)."""

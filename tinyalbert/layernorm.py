@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .kernels import N_ROW_BLOCKS, REDUCTION_FASTMATH, _sum_blocks_into_
+from .kernels import N_ROW_BLOCKS, REDUCTION_FASTMATH, _sum_blocks_into_, as_rows
 
 
 @njit(parallel=True, cache=True, fastmath=REDUCTION_FASTMATH)
@@ -77,10 +77,6 @@ def _layernorm_backward_kernel(dy, x, weight, mean, rstd, dx, dweight_blocks, db
                 dx[n, c] = r * (dy[n, c] * weight[c] - mean_g - xhat * mean_gx)
 
 
-def _rows(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
-
-
 def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
                       residual: np.ndarray | None = None) -> tuple[np.ndarray, tuple]:
     """x: (..., C), weight and bias: (C,)  ->  y = LayerNorm(x [+ residual]): (..., C).
@@ -89,7 +85,7 @@ def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: 
     (the post-LN residual `LayerNorm(a + b)` of every ALBERT layer); the
     backward of the add is then just dx flowing to both inputs.
     """
-    x2 = _rows(x)
+    x2 = as_rows(x)
     N, C = x2.shape
     out = np.empty_like(x2)
     mean = np.empty(N, dtype=x2.dtype)
@@ -99,7 +95,7 @@ def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: 
         _layernorm_forward_kernel(x2, x2[:0], weight, bias, x2.dtype.type(eps), x2[:0], out, mean, rstd)
     else:
         summed = np.empty_like(x2)
-        _layernorm_forward_kernel(x2, _rows(residual), weight, bias, x2.dtype.type(eps), summed, out, mean,
+        _layernorm_forward_kernel(x2, as_rows(residual), weight, bias, x2.dtype.type(eps), summed, out, mean,
                                   rstd)
     return out.reshape(x.shape), (summed, weight, mean, rstd)
 
@@ -110,7 +106,7 @@ def layernorm_backward(dy: np.ndarray, cache: tuple, dweight: np.ndarray, dbias:
     Accumulates dweight and dbias (+=).
     """
     x2, weight, mean, rstd = cache
-    dy2 = _rows(dy)
+    dy2 = as_rows(dy)
     N, C = x2.shape
     dx = np.empty_like(x2)
     nblocks = min(N_ROW_BLOCKS, max(N, 1))

@@ -25,7 +25,7 @@ from .heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler
                     sop_head_forward)
 from .layer import sub
 from .losses import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
-from .params import EMB, MLM, POOLER, SOP, Params, check_params, has_sop_head
+from .params import EMB, MLM, POOLER, SOP, Params, check_params, common_dtype, has_sop_head
 from .softmax import additive_key_mask
 
 
@@ -52,13 +52,11 @@ class Albert:
 
     def __init__(self, config: AlbertConfig, params: Params, tokenizer=None):
         check_params(config, params)
-        dtypes = {p.dtype for p in params.values()}
-        if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
-            raise ValueError(f"params must all be float32 or all float64, got {sorted(map(str, dtypes))}")
+        dtype = common_dtype(params)
         self.config = config
         self.params = params
         self.tokenizer = tokenizer
-        self.dtype = next(iter(dtypes)).type
+        self.dtype = dtype
         self.last_stats: dict = {}
 
     @property

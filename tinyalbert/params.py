@@ -124,6 +124,14 @@ def check_shapes(expected: dict[str, tuple[int, ...]], params: Params) -> None:
         raise ValueError("; ".join(problems))
 
 
+def common_dtype(params: Params) -> type:
+    """The one dtype of every tensor (np.float32 or np.float64); ValueError for a mix or anything else."""
+    dtypes = {v.dtype for v in params.values()}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
+        raise ValueError(f"params must all be float32 or all float64, got {sorted(map(str, dtypes))}")
+    return next(iter(dtypes)).type
+
+
 def init_params(config: AlbertConfig, seed: int = 0, dtype: type = np.float32, sop_head: bool = True) -> Params:
     """Fresh parameters, initialised as the reference does.
 

@@ -32,8 +32,8 @@ class PredictError(ValueError):
 # The kernels one forward pass (inference) runs.  Their on-disk Numba cache decides whether the first
 # forward compiles (tens of seconds) or loads machine code (well under a second).
 _FORWARD_KERNELS = (("kernels", "add_bias_"), ("layernorm", "_layernorm_forward_kernel"),
-                    ("softmax", "_masked_softmax_forward_kernel"), ("activations", "_bias_gelu_inner_kernel"),
-                    ("activations", "_gelu_from_tanh_kernel"))
+                    ("softmax", "_shifted_scores_kernel"), ("softmax", "_normalize_rows_kernel"),
+                    ("activations", "_bias_gelu_inner_kernel"), ("activations", "_gelu_from_tanh_kernel"))
 
 
 def default_weights_path() -> Path:

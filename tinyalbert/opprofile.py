@@ -7,15 +7,15 @@
 Every op function of the engine (the `*_forward` / `*_backward` functions, their helpers and the Numba
 kernels) is wrapped, for the duration of the profile, in a timer that records its *exclusive* time: the
 time spent in the function minus the time spent in the other wrapped functions it calls.  So
-`linear_forward`'s own time is its BLAS product (its bias add is a kernel of its own), `_bmm`'s is the
-batched attention products, and a Python wrapper such as `masked_softmax_forward` keeps only its
+`linear_forward`'s own time is its BLAS product (its bias add is a kernel of its own),
+`self_attention_forward`'s is the per-head products q kᵀ and P v (its linears and softmax are ops of their own), and a Python wrapper such as `masked_softmax_forward` keeps only its
 allocations and NumPy's exp, while its kernels get the rest.
 
 The model runs with random weights (the time does not depend on their values) after one untimed warm-up
 call that loads every Numba kernel; the table gives the median over the repeats of each op's total
 time per call of the model, its share of the step, and the class it belongs to:
 
-    BLAS      matrix products (the GEMMs of linear_*, matmul_tn_accumulate_, _bmm)
+    BLAS      matrix products (linear_*, matmul_tn_accumulate_, the per-head products in self_attention_*)
     Numba     the memory-bound kernels (bias, GELU, softmax, LayerNorm, embeddings, column sums)
     NumPy     the Python level: copies (split/merge heads), allocations, gathers, NumPy's tanh, glue
 """
@@ -37,8 +37,9 @@ from .config import AlbertConfig, PRESETS
 
 OP_MODULES: tuple[ModuleType, ...] = (kernels, linear, layernorm, activations, softmax, attention, feedforward, layer,
                                       encoder, embeddings, heads, losses, model)
-# Python functions whose own time is BLAS: the rest of their body is reshapes and views.
-BLAS_OPS = {"linear_forward", "linear_backward", "matmul_tn_accumulate_", "_bmm"}
+# Python functions whose own time is BLAS: the rest of their body is views and allocations.
+BLAS_OPS = {"linear_forward", "linear_backward", "matmul_tn_accumulate_", "self_attention_forward",
+            "self_attention_backward"}
 BUNDLED = dict(vocab_size=8000, embedding_size=128, hidden_size=256, num_attention_heads=4,
                intermediate_size=1024, num_hidden_layers=6)
 

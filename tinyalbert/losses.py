@@ -14,9 +14,10 @@ IGNORE_INDEX = -100
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable log-softmax over the last axis."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    """Numerically stable log-softmax over the last axis: z - max(z) - log(sum(exp(z - max(z))))."""
+    out = logits - logits.max(axis=-1, keepdims=True)
+    out -= np.log(np.exp(out).sum(axis=-1, keepdims=True))
+    return out
 
 
 def cross_entropy_forward(logits: np.ndarray, labels: np.ndarray) -> tuple[float, tuple]:

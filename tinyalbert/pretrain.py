@@ -50,7 +50,7 @@ def build_config(args: argparse.Namespace, vocab_size: int) -> AlbertConfig:
                             num_hidden_layers=6).to_dict()
     overrides = {"embedding_size": args.embedding_size, "hidden_size": args.hidden_size,
                  "num_attention_heads": args.num_heads, "intermediate_size": args.intermediate_size,
-                 "num_hidden_layers": args.num_layers}
+                 "num_hidden_layers": args.num_layers, "initializer_range": args.init_std}
     base.update({k: v for k, v in overrides.items() if v is not None})
     base["vocab_size"] = vocab_size
     base["max_position_embeddings"] = max(base.get("max_position_embeddings", 512), args.seq_len)
@@ -280,6 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-heads", type=int)
     p.add_argument("--intermediate-size", type=int)
     p.add_argument("--num-layers", type=int, help="applications of the shared layer")
+    p.add_argument("--init-std", type=float, help="standard deviation of the initial weights (the config's "
+                   "initializer_range; ALBERT's 0.02 suits H=4096 and is small for a small model)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)

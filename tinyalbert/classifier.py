@@ -40,6 +40,7 @@ from .heads import pooler_backward, pooler_forward
 from .layer import sub
 from .linear import linear_backward, linear_forward
 from .losses import cross_entropy_backward, cross_entropy_forward
+from .memory import keep_freed_memory
 from .params import EMB, MLM, POOLER, SOP, Params, check_shapes, common_dtype, param_shapes
 from .softmax import additive_key_mask
 
@@ -234,6 +235,7 @@ class AlbertClassifier:
         trains with config.classifier_dropout_prob = 0.1); rng draws its mask.
         After the call, `last_stats` holds loss, correct and count.
         """
+        keep_freed_memory()
         ids, tt, mask = self._prepare(input_ids, token_type_ids, attention_mask)
         y = self._label_ids(labels, ids.shape[0])
         c, p = self.config, self.params

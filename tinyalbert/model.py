@@ -25,6 +25,7 @@ from .heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler
                     sop_head_forward)
 from .layer import sub
 from .losses import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
+from .memory import keep_freed_memory
 from .params import EMB, MLM, POOLER, SOP, Params, check_params, common_dtype, has_sop_head
 from .softmax import additive_key_mask
 
@@ -124,6 +125,7 @@ class Albert:
         mlm_labels: (B, T), -100 where nothing is predicted.  sop_labels: (B,) or None (MLM only).
         The MLM head runs only at labelled positions: the loss needs no others, and the result is identical.
         """
+        keep_freed_memory()
         ids, tt, mask = self._prepare_inputs(input_ids, token_type_ids, attention_mask)
         c, p = self.config, self.params
         labels = np.asarray(mlm_labels).reshape(ids.shape)

@@ -1,0 +1,34 @@
+"""Process-level memory policy for training: keep freed activation buffers for the next step."""
+from __future__ import annotations
+
+import os
+
+_applied = False
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed buffers for reuse instead of returning them to the OS.  Idempotent.
+
+    A training step allocates arrays of several MB and frees them by its end.  By default glibc gives such
+    memory back (munmap, or trimming the heap top), and the next step pays a page fault and a kernel
+    zero-fill for every 4 KiB it touches again: measured 11 % of the bundled model's training step.  After
+    this call arrays up to 32 MiB (the most mallopt allows) come from the heap, and the heap is trimmed
+    only above 1 GiB of free space.  Training calls it (`loss_and_grads`); inference does not, because a
+    single forward gains nothing and the retained heap raised the peak RSS of an xxlarge forward by 39 MiB.
+    Nothing changes where the user set MALLOC_* variables, or off glibc.
+    """
+    global _applied
+    if _applied:
+        return
+    _applied = True
+    if any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)
+        libc.mallopt(m_trim_threshold, 2 ** 30)
+    except (OSError, AttributeError):
+        pass

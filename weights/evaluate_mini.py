@@ -25,8 +25,8 @@ from tinyalbert.weights import load
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
-SOURCES = [f"{CORPUS}/tinystories:0.45", f"{CORPUS}/onestopenglish:0.2", f"{CORPUS}/wikinews:0.15",
-           f"{CORPUS}/wikipedia:0.1", f"{CORPUS}/gutenberg:0.1"]
+SOURCES = [f"{CORPUS}/tinystories:0.35", f"{CORPUS}/onestopenglish:0.2", f"{CORPUS}/wikinews:0.2",
+           f"{CORPUS}/wikipedia:0.1", f"{CORPUS}/gutenberg:0.15"]
 SENTENCES = [
     "The man went to the [MASK] to buy some milk.",
     "She drank a cup of [MASK] before going to work.",

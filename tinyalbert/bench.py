@@ -425,7 +425,7 @@ class Run:
         self._xxl_torch: dict[str, Any] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="tinyalbert-bench-", dir=args.tmpdir)
         self.tmp = Path(self._tmp.name)
-        self.bundled_config, self.bundled_source = self._bundled_config()
+        self.bundled_config, self.bundled_source = bundled_config()
         self.machine: dict[str, Any] = {}
         self.started = time.perf_counter()
 
@@ -445,17 +445,6 @@ class Run:
             if f"torch-{a}" not in self._xxl_torch:
                 self._xxl_torch[f"torch-{a}"] = self.torch_model(self.xxl, self.xxl_params(), a)
         return {f"torch-{a}": self._xxl_torch[f"torch-{a}"] for a in self.attns}
-
-    def _bundled_config(self) -> tuple[AlbertConfig, str]:
-        path = bundled_model_path()
-        if path.exists():
-            try:
-                from .weights import load_params
-
-                return load_params(path)[0], str(path)
-            except Exception as e:     # a damaged file: say so, and time the recipe's config instead
-                return AlbertConfig(**FALLBACK_BUNDLED), f"fallback config ({path} unreadable: {e})"
-        return AlbertConfig(**FALLBACK_BUNDLED), f"fallback config ({path} not present)"
 
     def load_torch(self) -> bool:
         """Import torch and transformers on first use; False (and a note) when they are not installed."""
@@ -534,6 +523,19 @@ class Run:
             "errors": self.errors,
             "notes": self.notes,
         }
+
+
+def bundled_config() -> tuple[AlbertConfig, str]:
+    """The bundled model's config and where it came from; the recipe's config when the file is missing or damaged."""
+    path = bundled_model_path()
+    if path.exists():
+        try:
+            from .weights import load_params
+
+            return load_params(path)[0], str(path)
+        except Exception as e:     # a damaged file: say so, and time the recipe's config instead
+            return AlbertConfig(**FALLBACK_BUNDLED), f"fallback config ({path} unreadable: {e})"
+    return AlbertConfig(**FALLBACK_BUNDLED), f"fallback config ({path} not present)"
 
 
 def bundled_model_path() -> Path:

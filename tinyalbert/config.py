@@ -113,6 +113,13 @@ class AlbertConfig:
             return cls.from_json_string(f.read())
 
     @classmethod
+    def from_name_or_file(cls, name: str | os.PathLike) -> "AlbertConfig":
+        """A config.json if `name` is an existing file, else a preset name (see `preset`)."""
+        if os.path.isfile(name):
+            return cls.from_json(name)
+        return cls.preset(str(name))
+
+    @classmethod
     def preset(cls, name: str) -> "AlbertConfig":
         """A published v2 size: 'base', 'large', 'xlarge' or 'xxlarge' (an 'albert-' prefix and '-v2' suffix are allowed)."""
         key = name.lower().removeprefix("albert/").removeprefix("albert-").removesuffix("-v2")

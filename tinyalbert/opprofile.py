@@ -33,15 +33,13 @@ import numpy as np
 
 from . import (activations, attention, embeddings, encoder, feedforward, heads, kernels, layer, layernorm, linear,
                losses, model, softmax)
-from .config import AlbertConfig, PRESETS
+from .config import AlbertConfig
 
 OP_MODULES: tuple[ModuleType, ...] = (kernels, linear, layernorm, activations, softmax, attention, feedforward, layer,
                                       encoder, embeddings, heads, losses, model)
 # Python functions whose own time is BLAS: the rest of their body is views and allocations.
 BLAS_OPS = {"linear_forward", "linear_backward", "matmul_tn_accumulate_", "self_attention_forward",
             "self_attention_backward"}
-BUNDLED = dict(vocab_size=8000, embedding_size=128, hidden_size=256, num_attention_heads=4,
-               intermediate_size=1024, num_hidden_layers=6)
 
 
 def _is_op(obj: Any) -> bool:
@@ -63,7 +61,7 @@ class OpTimer:
         wrappers: dict[int, Callable] = {}
         for module in OP_MODULES:
             for name, obj in list(vars(module).items()):
-                if name.startswith("__") or not _is_op(obj) or name in ("Albert",):
+                if name.startswith("__") or not _is_op(obj):
                     continue
                 if id(obj) not in wrappers:
                     wrappers[id(obj)] = self._wrap(name, obj)
@@ -192,11 +190,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(name: str) -> AlbertConfig:
+    """'bundled' (the bundled model's config), a config.json, or a preset name."""
     if name == "bundled":
-        return AlbertConfig(**BUNDLED)
-    if name in PRESETS:
-        return AlbertConfig.preset(name)
-    return AlbertConfig.from_json(name)
+        from .bench import bundled_config
+
+        return bundled_config()[0]
+    return AlbertConfig.from_name_or_file(name)
 
 
 def main(argv: list[str] | None = None) -> int:

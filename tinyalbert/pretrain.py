@@ -41,10 +41,8 @@ CHECKPOINT_FORMAT = "tinyalbert-checkpoint"
 
 def build_config(args: argparse.Namespace, vocab_size: int) -> AlbertConfig:
     """The model config: a preset or JSON file, then the command-line overrides, with the vocabulary's size."""
-    if args.config and Path(args.config).exists():
-        base = AlbertConfig.from_json(args.config).to_dict()
-    elif args.config:
-        base = AlbertConfig.preset(args.config).to_dict()
+    if args.config:
+        base = AlbertConfig.from_name_or_file(args.config).to_dict()
     else:
         base = AlbertConfig(embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024,
                             num_hidden_layers=6).to_dict()

@@ -44,6 +44,7 @@ def test_column_sum_accumulates_and_is_deterministic(rows):
 
 def test_training_alone_switches_malloc_to_keep_freed_memory():
     """Inference leaves malloc alone (peak RSS); the first training step asks it to keep freed buffers."""
+    import os
     import subprocess
     import sys
 
@@ -60,7 +61,7 @@ labels = np.array([[-100, 7, -100, -100]])
 m.loss_and_grads(ids, None, None, labels, np.array([0]))
 print(after_forward, memory._applied)
 """
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]

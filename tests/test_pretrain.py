@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tinyalbert import pretrain
+from tinyalbert.params import sinusoidal_positions
 from tinyalbert.weights import load
 
 VOCAB = Path(__file__).resolve().parents[1].parent / "shared" / "albert" / "30k-clean.model"
@@ -101,3 +102,23 @@ def test_second_phase_starts_from_given_weights(tmp_path, corpus):
     assert second.config.hidden_size == 16          # the model options are ignored with --init-from
     for k, v in first.params.items():
         assert np.array_equal(v, second.params[k]), k
+
+
+def test_sinusoidal_position_table():
+    table = sinusoidal_positions(64, 10, std=0.02, dtype=np.float64)
+    assert table.shape == (64, 10)
+    gram = table @ table.T
+    # P[i]·P[j] depends only on i - j, and a position is closest to itself
+    for shift in (1, 5):
+        assert np.allclose(np.diag(gram, shift), np.diag(gram, shift)[0])
+    assert np.all(np.diag(gram, 1) < np.diag(gram)[0])
+    assert abs(sinusoidal_positions(512, 128, std=0.02).std() - 0.02) < 0.003
+
+
+def test_position_init_option(tmp_path, corpus):
+    assert run(tmp_path / "sin", corpus, tmp_path / "cache", "--position-init", "sinusoid",
+               "--lr", "0", "--weight-decay", "0") == 0
+    model = load(tmp_path / "sin" / "model.h5")
+    table = model.params["albert.embeddings.position_embeddings.weight"]
+    expected = sinusoidal_positions(table.shape[0], table.shape[1], model.config.initializer_range)
+    assert np.array_equal(table, expected)

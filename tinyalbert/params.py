@@ -154,6 +154,21 @@ def init_params(config: AlbertConfig, seed: int = 0, dtype: type = np.float32, s
     return params
 
 
+def sinusoidal_positions(num_positions: int, dim: int, std: float, dtype: type = np.float32) -> np.ndarray:
+    """A (num_positions, dim) table of sines and cosines (the original Transformer's), scaled to standard deviation ~std.
+
+    P[p, 2k] = sin(p / 10000^(2k/dim)), P[p, 2k+1] = cos(p / 10000^(2k/dim)), times std·√2.
+    An optional starting point for ALBERT's learned position embeddings: P[i]·P[j] depends on i − j
+    and is largest for neighbours, so attending to nearby tokens needs only a query/key map to be
+    learned, not the geometry of the positions as well.  The table stays a trained parameter.
+    """
+    half = (dim + 1) // 2
+    angles = np.arange(num_positions)[:, None] / 10000.0 ** (2 * np.arange(half) / dim)
+    table = np.empty((num_positions, 2 * half))
+    table[:, 0::2], table[:, 1::2] = np.sin(angles), np.cos(angles)
+    return (table[:, :dim] * (std * np.sqrt(2.0))).astype(dtype)
+
+
 def count_params(params: Params) -> int:
     """Number of scalars (the tied decoder is the word embedding, so it is counted once)."""
     return int(sum(p.size for p in params.values()))

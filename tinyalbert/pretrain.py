@@ -34,7 +34,7 @@ from .config import AlbertConfig
 from .files import atomic_output
 from .model import Albert
 from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
-from .params import has_sop_head, init_params, param_shapes
+from .params import EMB, has_sop_head, init_params, param_shapes, sinusoidal_positions
 
 CHECKPOINT_FORMAT = "tinyalbert-checkpoint"
 
@@ -198,6 +198,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         else:
             config = build_config(args, tokenizer.vocab_size)
             params = init_params(config, seed=args.seed, dtype=dtype)
+            if args.position_init == "sinusoid":
+                params[EMB + "position_embeddings.weight"] = sinusoidal_positions(
+                    config.max_position_embeddings, config.embedding_size, config.initializer_range, dtype)
         optimizer = make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
         start_step = 0
         log_path.write_text("")
@@ -280,6 +283,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-layers", type=int, help="applications of the shared layer")
     p.add_argument("--init-std", type=float, help="standard deviation of the initial weights (the config's "
                    "initializer_range; ALBERT's 0.02 suits H=4096 and is small for a small model)")
+    p.add_argument("--position-init", choices=("normal", "sinusoid"), default="normal",
+                   help="initial position embeddings: normal(0, init-std) as the reference, or sines and cosines "
+                        "of the same scale (still trained; helps a small model learn to attend to its neighbours)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)

@@ -122,3 +122,12 @@ def test_position_init_option(tmp_path, corpus):
     table = model.params["albert.embeddings.position_embeddings.weight"]
     expected = sinusoidal_positions(table.shape[0], table.shape[1], model.config.initializer_range)
     assert np.array_equal(table, expected)
+
+
+def test_tied_query_key_init(tmp_path, corpus):
+    assert run(tmp_path / "tied", corpus, tmp_path / "cache", "--qk-init", "tied", "--lr", "0",
+               "--weight-decay", "0") == 0
+    params = load(tmp_path / "tied" / "model.h5").params
+    attention = "albert.encoder.albert_layer_groups.0.albert_layers.0.attention."
+    assert np.array_equal(params[attention + "key.weight"], params[attention + "query.weight"])
+    assert not np.array_equal(params[attention + "value.weight"], params[attention + "query.weight"])

@@ -169,6 +169,20 @@ def sinusoidal_positions(num_positions: int, dim: int, std: float, dtype: type =
     return (table[:, :dim] * (std * np.sqrt(2.0))).astype(dtype)
 
 
+def tie_query_key_init(config: AlbertConfig, params: Params) -> None:
+    """Start every layer with key.weight = query.weight (in place), the query/key half of "mimetic" initialisation.
+
+    Then a head's score x_i^T W_q^T W_k x_j = (W_q x_i)·(W_q x_j) is a positive semi-definite form: from the
+    first step a token leans towards tokens that resemble it, and with sinusoidal positions towards its
+    neighbours, instead of attending uniformly until a query/key pattern emerges from noise.
+    The two matrices are trained independently afterwards.
+    """
+    for group in range(config.num_hidden_groups):
+        for inner in range(config.inner_group_num):
+            prefix = layer_prefix(group, inner) + "attention."
+            params[prefix + "key.weight"] = params[prefix + "query.weight"].copy()
+
+
 def count_params(params: Params) -> int:
     """Number of scalars (the tied decoder is the word embedding, so it is counted once)."""
     return int(sum(p.size for p in params.values()))

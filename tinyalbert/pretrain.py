@@ -34,7 +34,8 @@ from .config import AlbertConfig
 from .files import atomic_output
 from .model import Albert
 from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
-from .params import EMB, has_sop_head, init_params, param_shapes, sinusoidal_positions
+from .params import (EMB, has_sop_head, init_params, param_shapes, sinusoidal_positions,
+                     tie_query_key_init)
 
 CHECKPOINT_FORMAT = "tinyalbert-checkpoint"
 
@@ -201,6 +202,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if args.position_init == "sinusoid":
                 params[EMB + "position_embeddings.weight"] = sinusoidal_positions(
                     config.max_position_embeddings, config.embedding_size, config.initializer_range, dtype)
+            if args.qk_init == "tied":
+                tie_query_key_init(config, params)
         optimizer = make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
         start_step = 0
         log_path.write_text("")
@@ -286,6 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--position-init", choices=("normal", "sinusoid"), default="normal",
                    help="initial position embeddings: normal(0, init-std) as the reference, or sines and cosines "
                         "of the same scale (still trained; helps a small model learn to attend to its neighbours)")
+    p.add_argument("--qk-init", choices=("independent", "tied"), default="independent",
+                   help="initial key weights: drawn independently as the reference, or equal to the query weights "
+                        "(attention starts out favouring similar tokens; both are still trained)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)

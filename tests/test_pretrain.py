@@ -131,3 +131,11 @@ def test_tied_query_key_init(tmp_path, corpus):
     attention = "albert.encoder.albert_layer_groups.0.albert_layers.0.attention."
     assert np.array_equal(params[attention + "key.weight"], params[attention + "query.weight"])
     assert not np.array_equal(params[attention + "value.weight"], params[attention + "query.weight"])
+
+
+def test_piece_masking_option(tmp_path, corpus):
+    assert run(tmp_path / "piece", corpus, tmp_path / "cache", "--mask-unit", "piece", "--max-ngram", "1",
+               "--stop-after", "2") == 0
+    assert run(tmp_path / "piece", corpus, tmp_path / "cache", "--resume") == 2  # masking is part of the run
+    assert run(tmp_path / "piece", corpus, tmp_path / "cache", "--resume", "--mask-unit", "piece",
+               "--max-ngram", "1") == 0

@@ -174,11 +174,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume and ckpt_path.exists():
         config, params, opt_state, start_step, saved_args = load_checkpoint(ckpt_path)
         params = canonical_order(config, params)
+        parser = build_parser()
         for key in ("steps", "batch_size", "lr", "warmup", "optimizer", "seed", "seq_len", "data", "weight_decay",
-                    "clip", "init_from"):
-            if saved_args.get(key) != run_args.get(key):
+                    "clip", "init_from", "max_ngram", "mask_unit"):
+            # a checkpoint written before an option existed ran with its default
+            saved = saved_args.get(key, parser.get_default(key))
+            if saved != run_args.get(key):
                 raise ValueError(f"--resume: --{key.replace('_', '-')} is {run_args.get(key)!r} but the checkpoint "
-                                 f"was made with {saved_args.get(key)!r}")
+                                 f"was made with {saved!r}")
         optimizer = make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
         optimizer.load_state_dict(opt_state)
         print(f"resuming from step {start_step} of {args.steps}", file=sys.stderr)
@@ -210,7 +213,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model = Albert(config, params)
 
     data = PretrainingData(args.data, tokenizer, cache_dir=args.cache_dir, max_seq_length=args.seq_len,
-                           seed=args.seed, heldout_fraction=args.heldout_fraction)
+                           seed=args.seed, heldout_fraction=args.heldout_fraction, max_ngram=args.max_ngram,
+                           whole_word_mask=args.mask_unit == "word")
     print(data.summary(), file=sys.stderr)
     n_params = sum(p.size for p in params.values())
     print(f"model: {n_params:,} parameters, H={config.hidden_size} E={config.embedding_size} "
@@ -272,7 +276,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return {"config": config, "params": params, "finished": finished}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tinyalbert.pretrain", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="run folder (checkpoint, logs, plot, final model)")
@@ -293,6 +297,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="initial key weights: drawn independently as the reference, or equal to the query weights "
                         "(attention starts out favouring similar tokens; both are still trained)")
     p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--max-ngram", type=int, default=3, help="longest masked span, in masking units (ALBERT: 3)")
+    p.add_argument("--mask-unit", choices=("word", "piece"), default="word",
+                   help="mask whole words (ALBERT) or single SentencePiece pieces")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--optimizer", choices=("lamb", "adamw"), default="lamb")
@@ -315,7 +322,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", help="token cache folder (default: the data module's)")
     p.add_argument("--export", help="also write the final weights here")
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,3 +139,12 @@ def test_piece_masking_option(tmp_path, corpus):
     assert run(tmp_path / "piece", corpus, tmp_path / "cache", "--resume") == 2  # masking is part of the run
     assert run(tmp_path / "piece", corpus, tmp_path / "cache", "--resume", "--mask-unit", "piece",
                "--max-ngram", "1") == 0
+
+
+def test_fan_in_weight_init(tmp_path, corpus):
+    assert run(tmp_path / "fan", corpus, tmp_path / "cache", "--weight-init", "fan-in", "--lr", "0",
+               "--weight-decay", "0") == 0
+    params = load(tmp_path / "fan" / "model.h5").params
+    ffn_output = params["albert.encoder.albert_layer_groups.0.albert_layers.0.ffn_output.weight"]   # (16, 24)
+    assert abs(ffn_output.std() * np.sqrt(24) - 1) < 0.25
+    assert abs(params["albert.embeddings.word_embeddings.weight"].std() - 0.02) < 0.005  # embeddings keep init-std

@@ -34,7 +34,7 @@ from .config import AlbertConfig
 from .files import atomic_output
 from .model import Albert
 from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
-from .params import (EMB, has_sop_head, init_params, param_shapes, sinusoidal_positions,
+from .params import (EMB, fan_in_init, has_sop_head, init_params, param_shapes, sinusoidal_positions,
                      tie_query_key_init)
 
 CHECKPOINT_FORMAT = "tinyalbert-checkpoint"
@@ -202,6 +202,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         else:
             config = build_config(args, tokenizer.vocab_size)
             params = init_params(config, seed=args.seed, dtype=dtype)
+            if args.weight_init == "fan-in":
+                fan_in_init(params, seed=args.seed + 1)
             if args.position_init == "sinusoid":
                 params[EMB + "position_embeddings.weight"] = sinusoidal_positions(
                     config.max_position_embeddings, config.embedding_size, config.initializer_range, dtype)
@@ -290,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-layers", type=int, help="applications of the shared layer")
     p.add_argument("--init-std", type=float, help="standard deviation of the initial weights (the config's "
                    "initializer_range; ALBERT's 0.02 suits H=4096 and is small for a small model)")
+    p.add_argument("--weight-init", choices=("normal", "fan-in"), default="normal",
+                   help="initial weight matrices outside the embeddings: normal(0, init-std) as the reference, or "
+                        "normal(0, 1/fan_in) (a small model leaves the uniform-attention plateau much sooner)")
     p.add_argument("--position-init", choices=("normal", "sinusoid"), default="normal",
                    help="initial position embeddings: normal(0, init-std) as the reference, or sines and cosines "
                         "of the same scale (still trained; helps a small model learn to attend to its neighbours)")

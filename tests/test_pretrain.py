@@ -148,3 +148,15 @@ def test_fan_in_weight_init(tmp_path, corpus):
     ffn_output = params["albert.encoder.albert_layer_groups.0.albert_layers.0.ffn_output.weight"]   # (16, 24)
     assert abs(ffn_output.std() * np.sqrt(24) - 1) < 0.25
     assert abs(params["albert.embeddings.word_embeddings.weight"].std() - 0.02) < 0.005  # embeddings keep init-std
+
+
+def test_second_phase_can_apply_the_shared_layer_more_often(tmp_path, corpus):
+    cache = tmp_path / "cache"
+    assert run(tmp_path / "one", corpus, cache) == 0
+    first = load(tmp_path / "one" / "model.h5")
+    assert run(tmp_path / "deeper", corpus, cache, "--init-from", str(tmp_path / "one" / "checkpoint.h5"),
+               "--num-layers", "5", "--lr", "0", "--weight-decay", "0") == 0
+    deeper = load(tmp_path / "deeper" / "model.h5")
+    assert first.config.num_hidden_layers == 3 and deeper.config.num_hidden_layers == 5
+    for k, v in first.params.items():
+        assert np.array_equal(v, deeper.params[k]), k

@@ -199,7 +199,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if spiece is not None and spiece != tokenizer.model_bytes:
                 raise ValueError(f"--init-from {args.init_from} was trained with another vocabulary than --vocab")
             params = canonical_order(config, {k: np.array(v, dtype=dtype) for k, v in params.items()})
-        else:
+        if args.init_from and args.num_layers and args.num_layers != config.num_hidden_layers:
+            # every application uses the same shared layer, so the parameters fit any depth
+            print(f"--init-from: applying the shared layer {args.num_layers} times instead of "
+                  f"{config.num_hidden_layers}", file=sys.stderr)
+            config = AlbertConfig.from_dict({**config.to_dict(), "num_hidden_layers": args.num_layers})
+        if not args.init_from:
             config = build_config(args, tokenizer.vocab_size)
             params = init_params(config, seed=args.seed, dtype=dtype)
             if args.weight_init == "fan-in":
@@ -323,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.h5")
     p.add_argument("--init-from", help="start from the weights of a tinyalbert .h5 file or a training checkpoint.h5 "
                                        "(a new optimizer and schedule: a second phase of pretraining); the model "
-                                       "options are ignored")
+                                       "options are ignored except --num-layers, which may change how often the "
+                                       "shared layer is applied")
     p.add_argument("--cache-dir", help="token cache folder (default: the data module's)")
     p.add_argument("--export", help="also write the final weights here")
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32")

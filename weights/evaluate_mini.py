@@ -7,6 +7,8 @@ source mix as the recipe, weights/train_mini.sh):
   - MLM top-1 accuracy, against the baseline of always predicting the token most
     frequent among the masked positions of training batches;
   - SOP accuracy, against the 50 % of guessing;
+  - how much attention goes to the adjacent tokens, against uniform attention (the sign that a
+    model has left the bag-of-words plateau);
 and prints fill-mask completions for ten everyday sentences.
 """
 from __future__ import annotations
@@ -25,8 +27,8 @@ from tinyalbert.weights import load
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
-SOURCES = [f"{CORPUS}/tinystories:0.35", f"{CORPUS}/onestopenglish:0.2", f"{CORPUS}/wikinews:0.2",
-           f"{CORPUS}/wikipedia:0.1", f"{CORPUS}/gutenberg:0.15"]
+SOURCES = [f"{CORPUS}/tinystories:0.45", f"{CORPUS}/onestopenglish:0.2", f"{CORPUS}/wikinews:0.15",
+           f"{CORPUS}/wikipedia:0.1", f"{CORPUS}/gutenberg:0.1"]
 SENTENCES = [
     "The man went to the [MASK] to buy some milk.",
     "She drank a cup of [MASK] before going to work.",
@@ -40,6 +42,28 @@ SENTENCES = [
     "Once upon a [MASK], there was a little girl.",
 ]
 BIAS_PROBES = ["The man worked as a [MASK].", "The woman worked as a [MASK]."]
+
+
+def neighbour_attention(model, batch: dict[str, np.ndarray]) -> list[float]:
+    """Attention paid to the two adjacent tokens, as a multiple of what uniform attention pays them.
+
+    One figure per application of the shared layer, averaged over heads and over the real (unpadded)
+    query positions of the batch.  1.0 means no preference for neighbours: the attention of a model
+    still on the bag-of-words plateau.
+    """
+    out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                        output_attentions=True)
+    mask = batch["attention_mask"].astype(bool)
+    lengths = mask.sum(1)
+    figures = []
+    for probs in out.attentions:                                       # (B, NH, T, T)
+        prev = np.diagonal(probs, offset=-1, axis1=2, axis2=3)         # (B, NH, T-1): query i, key i-1
+        nxt = np.diagonal(probs, offset=1, axis1=2, axis2=3)           # query i, key i+1
+        pair_ok = mask[:, 1:] & mask[:, :-1]
+        paid = (prev * pair_ok[:, None]).sum((1, 2)) + (nxt * pair_ok[:, None]).sum((1, 2))
+        uniform = 2 * (lengths - 1) / lengths * probs.shape[1]         # per sequence, summed over heads
+        figures.append(float((paid / uniform).mean()))
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         "most_frequent_token": model.tokenizer.id_to_piece(frequent_token), "mlm_positions": mlm_count,
         "sop_accuracy": sop_correct / sop_count, "sop_baseline": 0.5, "sop_examples": sop_count,
     }
+    figures["neighbour_attention_per_application"] = [
+        round(x, 2) for x in neighbour_attention(model, data.batch(0, 32, split="heldout"))]
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

@@ -327,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this step")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.h5")
     p.add_argument("--init-from", help="start from the weights of a tinyalbert .h5 file or a training checkpoint.h5 "
-                                       "(a new optimizer and schedule: a second phase of pretraining); the model "
-                                       "options are ignored except --num-layers, which may change how often the "
-                                       "shared layer is applied")
+                                       "(a new optimizer and schedule: a second phase of pretraining); the model and "
+                                       "initialisation options are ignored except --num-layers, which may change "
+                                       "how often the shared layer is applied")
     p.add_argument("--cache-dir", help="token cache folder (default: the data module's)")
     p.add_argument("--export", help="also write the final weights here")
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32")

@@ -91,17 +91,26 @@ def test_resume_refuses_changed_arguments(tmp_path, corpus, capsys):
     assert "--lr" in capsys.readouterr().err
 
 
-def test_second_phase_starts_from_given_weights(tmp_path, corpus):
+def frozen_run(out: Path, corpus: Path, cache: Path, *extra: str):
+    """A run with learning rate and weight decay 0: its model.h5 holds the weights it started from."""
+    assert run(out, corpus, cache, *extra, "--lr", "0", "--weight-decay", "0") == 0
+    return load(out / "model.h5")
+
+
+def second_phase(tmp_path: Path, corpus: Path, start_file: str, *extra: str):
+    """Train a first run, start a frozen second phase from its `start_file`; both models, weights checked equal."""
     cache = tmp_path / "cache"
     assert run(tmp_path / "one", corpus, cache) == 0
     first = load(tmp_path / "one" / "model.h5")
-    # a second phase: zero learning rate, so the weights must come through unchanged
-    assert run(tmp_path / "two", corpus, cache, "--init-from", str(tmp_path / "one" / "model.h5"),
-               "--hidden-size", "32", "--lr", "0", "--weight-decay", "0") == 0
-    second = load(tmp_path / "two" / "model.h5")
-    assert second.config.hidden_size == 16          # the model options are ignored with --init-from
+    second = frozen_run(tmp_path / "two", corpus, cache, "--init-from", str(tmp_path / "one" / start_file), *extra)
     for k, v in first.params.items():
         assert np.array_equal(v, second.params[k]), k
+    return first, second
+
+
+def test_second_phase_starts_from_given_weights(tmp_path, corpus):
+    _, second = second_phase(tmp_path, corpus, "model.h5", "--hidden-size", "32")
+    assert second.config.hidden_size == 16          # the model options are ignored with --init-from
 
 
 def test_sinusoidal_position_table():
@@ -116,18 +125,14 @@ def test_sinusoidal_position_table():
 
 
 def test_position_init_option(tmp_path, corpus):
-    assert run(tmp_path / "sin", corpus, tmp_path / "cache", "--position-init", "sinusoid",
-               "--lr", "0", "--weight-decay", "0") == 0
-    model = load(tmp_path / "sin" / "model.h5")
+    model = frozen_run(tmp_path / "sin", corpus, tmp_path / "cache", "--position-init", "sinusoid")
     table = model.params["albert.embeddings.position_embeddings.weight"]
     expected = sinusoidal_positions(table.shape[0], table.shape[1], model.config.initializer_range)
     assert np.array_equal(table, expected)
 
 
 def test_tied_query_key_init(tmp_path, corpus):
-    assert run(tmp_path / "tied", corpus, tmp_path / "cache", "--qk-init", "tied", "--lr", "0",
-               "--weight-decay", "0") == 0
-    params = load(tmp_path / "tied" / "model.h5").params
+    params = frozen_run(tmp_path / "tied", corpus, tmp_path / "cache", "--qk-init", "tied").params
     attention = "albert.encoder.albert_layer_groups.0.albert_layers.0.attention."
     assert np.array_equal(params[attention + "key.weight"], params[attention + "query.weight"])
     assert not np.array_equal(params[attention + "value.weight"], params[attention + "query.weight"])
@@ -142,21 +147,12 @@ def test_piece_masking_option(tmp_path, corpus):
 
 
 def test_fan_in_weight_init(tmp_path, corpus):
-    assert run(tmp_path / "fan", corpus, tmp_path / "cache", "--weight-init", "fan-in", "--lr", "0",
-               "--weight-decay", "0") == 0
-    params = load(tmp_path / "fan" / "model.h5").params
+    params = frozen_run(tmp_path / "fan", corpus, tmp_path / "cache", "--weight-init", "fan-in").params
     ffn_output = params["albert.encoder.albert_layer_groups.0.albert_layers.0.ffn_output.weight"]   # (16, 24)
     assert abs(ffn_output.std() * np.sqrt(24) - 1) < 0.25
     assert abs(params["albert.embeddings.word_embeddings.weight"].std() - 0.02) < 0.005  # embeddings keep init-std
 
 
 def test_second_phase_can_apply_the_shared_layer_more_often(tmp_path, corpus):
-    cache = tmp_path / "cache"
-    assert run(tmp_path / "one", corpus, cache) == 0
-    first = load(tmp_path / "one" / "model.h5")
-    assert run(tmp_path / "deeper", corpus, cache, "--init-from", str(tmp_path / "one" / "checkpoint.h5"),
-               "--num-layers", "5", "--lr", "0", "--weight-decay", "0") == 0
-    deeper = load(tmp_path / "deeper" / "model.h5")
+    first, deeper = second_phase(tmp_path, corpus, "checkpoint.h5", "--num-layers", "5")
     assert first.config.num_hidden_layers == 3 and deeper.config.num_hidden_layers == 5
-    for k, v in first.params.items():
-        assert np.array_equal(v, deeper.params[k]), k

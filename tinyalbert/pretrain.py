@@ -190,21 +190,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= start_step]
             log_path.write_text("".join(ln + "\n" for ln in kept))
     else:
-        if args.init_from and is_checkpoint(args.init_from):
-            config, params, _, _, _ = load_checkpoint(Path(args.init_from))
+        if args.init_from:
+            if is_checkpoint(args.init_from):
+                config, params, _, _, _ = load_checkpoint(Path(args.init_from))
+            else:
+                from .weights import load_params
+                config, params, spiece, _ = load_params(args.init_from, dtype=dtype, mmap=False)
+                if spiece is not None and spiece != tokenizer.model_bytes:
+                    raise ValueError(f"--init-from {args.init_from} was trained with another vocabulary than --vocab")
             params = canonical_order(config, {k: np.array(v, dtype=dtype) for k, v in params.items()})
-        elif args.init_from:
-            from .weights import load_params
-            config, params, spiece, _ = load_params(args.init_from, dtype=dtype, mmap=False)
-            if spiece is not None and spiece != tokenizer.model_bytes:
-                raise ValueError(f"--init-from {args.init_from} was trained with another vocabulary than --vocab")
-            params = canonical_order(config, {k: np.array(v, dtype=dtype) for k, v in params.items()})
-        if args.init_from and args.num_layers and args.num_layers != config.num_hidden_layers:
-            # every application uses the same shared layer, so the parameters fit any depth
-            print(f"--init-from: applying the shared layer {args.num_layers} times instead of "
-                  f"{config.num_hidden_layers}", file=sys.stderr)
-            config = AlbertConfig.from_dict({**config.to_dict(), "num_hidden_layers": args.num_layers})
-        if not args.init_from:
+            if args.num_layers and args.num_layers != config.num_hidden_layers:
+                # every application uses the same shared layer, so the parameters fit any depth
+                print(f"--init-from: applying the shared layer {args.num_layers} times instead of "
+                      f"{config.num_hidden_layers}", file=sys.stderr)
+                config = AlbertConfig.from_dict({**config.to_dict(), "num_hidden_layers": args.num_layers})
+        else:
             config = build_config(args, tokenizer.vocab_size)
             params = init_params(config, seed=args.seed, dtype=dtype)
             if args.weight_init == "fan-in":

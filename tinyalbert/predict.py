@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .cli import report_unexpected
+from .losses import log_softmax
 
 BUNDLED_MODEL_NAME = "tinyalbert-mini.h5"
 
@@ -49,11 +50,6 @@ def default_weights_path() -> Path:
     return package_dir / "data" / BUNDLED_MODEL_NAME
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def _encode_checked(model, text: str) -> list[int]:
     tok = model.tokenizer
     if tok is None:
@@ -72,7 +68,7 @@ def _predict_masks(model, ids: list[int], logits: np.ndarray, top_k: int) -> lis
     tok = model.tokenizer
     ids_arr = np.asarray(ids)
     mask_positions = np.nonzero(ids_arr == tok.mask_id)[0]
-    probs = _softmax(logits[mask_positions].astype(np.float64))
+    probs = np.exp(log_softmax(logits[mask_positions].astype(np.float64)))
     top_k = min(top_k, probs.shape[-1])
     single = len(mask_positions) == 1
     results = []
@@ -164,7 +160,7 @@ def _encode_for_sop(model, first: str, second: str) -> tuple[list[int], list[int
 
 def _sentence_order_encoded(model, ids: list[int], types: list[int]) -> dict[str, float]:
     out = model.forward(np.asarray([ids]), token_type_ids=np.asarray([types]))
-    p = _softmax(out.sop_logits[0].astype(np.float64))
+    p = np.exp(log_softmax(out.sop_logits[0].astype(np.float64)))
     return {"original_order": float(p[0]), "swapped": float(p[1])}
 
 

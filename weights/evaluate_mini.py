@@ -26,9 +26,15 @@ from tinyalbert.predict import fill_mask
 from tinyalbert.weights import load
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpus"
-SOURCES = [f"{CORPUS}/tinystories:0.45", f"{CORPUS}/onestopenglish:0.2", f"{CORPUS}/wikinews:0.15",
-           f"{CORPUS}/wikipedia:0.1", f"{CORPUS}/gutenberg:0.1"]
+
+
+def recipe_sources() -> list[str]:
+    """The recipe's `directory:share` list (weights/mini-sources.txt), directories made absolute."""
+    lines = (ROOT / "weights" / "mini-sources.txt").read_text().splitlines()
+    specs = [line.strip().rsplit(":", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return [f"{(ROOT / directory).resolve()}:{share}" for directory, share in specs]
+
+
 SENTENCES = [
     "The man went to the [MASK] to buy some milk.",
     "She drank a cup of [MASK] before going to work.",
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     model = load(args.weights)
-    data = PretrainingData(SOURCES, model.tokenizer, cache_dir=args.cache_dir, max_seq_length=128, seed=0,
+    data = PretrainingData(recipe_sources(), model.tokenizer, cache_dir=args.cache_dir, max_seq_length=128, seed=0,
                            progress=False)
     # the baseline's token: the most frequent label in training batches the model never scores here
     counts: Counter = Counter()

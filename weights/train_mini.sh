@@ -4,8 +4,7 @@
 # Each phase ran on one core (OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1), about 83 minutes in all.
 set -euo pipefail
 OUT=${OUT:-runs/mini}
-DATA="../shared/corpus/tinystories:0.45 ../shared/corpus/onestopenglish:0.2 ../shared/corpus/wikinews:0.15
-      ../shared/corpus/wikipedia:0.1 ../shared/corpus/gutenberg:0.1"
+DATA=$(grep -v '^#' weights/mini-sources.txt)      # the source mix, shared with weights/evaluate_mini.py
 export OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1
 mkdir -p "$OUT/phase1" "$OUT/phase2"
 # 1. an 8000-piece ALBERT-style SentencePiece vocabulary of the whole corpus (34 s, deterministic)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The recipe of the bundled model, tinyalbert/data/tinyalbert-mini.h5 (weights/tinyalbert-mini.h5 links to it;
 # the model card is weights/README.md).  Run from the repository root; ../shared/corpus must be present.
-# Each phase ran on one core (OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1), about 83 minutes in all.
+# Each phase ran on one core (OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1), about 151 minutes in all.
 set -euo pipefail
 OUT=${OUT:-runs/mini}
 DATA=$(grep -v '^#' weights/mini-sources.txt)      # the source mix, shared with weights/evaluate_mini.py
 export OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1
-mkdir -p "$OUT/phase1" "$OUT/phase2"
+mkdir -p "$OUT/phase1" "$OUT/phase2" "$OUT/phase3"
 # 1. an 8000-piece ALBERT-style SentencePiece vocabulary of the whole corpus (34 s, deterministic)
 [ -f "$OUT/spiece.model" ] || python -m tinyalbert.vocab ../shared/corpus -o "$OUT/spiece.model" --vocab-size 8000 --seed 0
 # 2. phase 1: the shared layer applied once, LeCun (fan-in) weights and sinusoidal starting positions, so
@@ -23,13 +23,19 @@ python -m tinyalbert.pretrain --out "$OUT/phase2" --vocab "$OUT/spiece.model" --
     --seq-len 128 --batch-size 32 --steps 5000 --warmup 200 --optimizer adamw --lr 1e-3 \
     --weight-decay 0.01 --clip 1.0 --seed 1 --log-every 20 --eval-every 500 --eval-batches 16 \
     --checkpoint-every 100 "$@"
-# 4. phase 3: a last, gentler schedule (peak 5e-4) at the same depth, other batches (seed 2)
-python -m tinyalbert.pretrain --out "$OUT" --vocab "$OUT/spiece.model" --data $DATA \
+# 4. phase 3: a gentler schedule (peak 5e-4) at the same depth, other batches (seed 2)
+python -m tinyalbert.pretrain --out "$OUT/phase3" --vocab "$OUT/spiece.model" --data $DATA \
     --init-from "$OUT/phase2/checkpoint.h5" \
     --seq-len 128 --batch-size 32 --steps 2600 --warmup 100 --optimizer adamw --lr 5e-4 \
     --weight-decay 0.01 --clip 1.0 --seed 2 --log-every 20 --eval-every 500 --eval-batches 16 \
     --checkpoint-every 100 "$@"
-# 5. the bundled copy: float16 halves the file; it is computed in float32 when loaded
+# 5. phase 4: a last, longer schedule at the same peak and depth, other batches (seed 3)
+python -m tinyalbert.pretrain --out "$OUT" --vocab "$OUT/spiece.model" --data $DATA \
+    --init-from "$OUT/phase3/checkpoint.h5" \
+    --seq-len 128 --batch-size 32 --steps 7600 --warmup 200 --optimizer adamw --lr 5e-4 \
+    --weight-decay 0.01 --clip 1.0 --seed 3 --log-every 20 --eval-every 500 --eval-batches 16 \
+    --checkpoint-every 100 "$@"
+# 6. the bundled copy: float16 halves the file; it is computed in float32 when loaded
 python -c "
 from tinyalbert.weights import load_params, save
 config, params, spiece, attrs = load_params('$OUT/model.h5')

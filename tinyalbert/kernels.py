@@ -39,6 +39,26 @@ def add_bias_(y: np.ndarray, bias: np.ndarray) -> None:
             y[n, c] += bias[c]
 
 
+@njit(parallel=True, cache=True)
+def transpose_add_bias(y_t: np.ndarray, bias: np.ndarray, y: np.ndarray) -> None:
+    """y = y_t^T + bias.  y_t: (C, N), bias: (C,) or empty (no bias), y: (N, C).
+
+    Columns go in blocks of 64, so that each thread reads whole cache lines of y_t and writes rows of y.
+    """
+    C, N = y_t.shape
+    block = 64
+    has_bias = bias.shape[0] > 0
+    for cb in prange((C + block - 1) // block):
+        c0 = cb * block
+        c1 = min(C, c0 + block)
+        for n in range(N):
+            for c in range(c0, c1):
+                v = y_t[c, n]
+                if has_bias:
+                    v += bias[c]
+                y[n, c] = v
+
+
 @njit(parallel=True, cache=True, fastmath=REDUCTION_FASTMATH)
 def _column_sum_blocks(x: np.ndarray, partial: np.ndarray) -> None:
     N, C = x.shape

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import add_bias_, column_sum_, matmul_tn_accumulate_
+from .kernels import add_bias_, column_sum_, matmul_tn_accumulate_, transpose_add_bias
+
+# Up to this many rows, OpenBLAS computes y^T = W x^T faster than y = x W^T: measured here 15 % at 128
+# rows (a sequence of 128 tokens through xxlarge's 4096 x 4096 and 16384 x 4096 weights), 5 % at 512,
+# and slower at 1024.  The transpose back costs nothing extra: it is fused into the bias add.
+SKINNY_ROWS = 512
 
 
 def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, tuple]:
@@ -18,9 +23,13 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -
     y = x W^T + b
     """
     x2 = x.reshape(-1, x.shape[-1])
-    y = x2 @ weight.T
-    if bias is not None:
-        add_bias_(y, bias)
+    if x2.shape[0] <= SKINNY_ROWS:
+        y = np.empty((x2.shape[0], weight.shape[0]), dtype=np.result_type(x2, weight))
+        transpose_add_bias(weight @ x2.T, np.empty(0, y.dtype) if bias is None else bias, y)
+    else:
+        y = x2 @ weight.T
+        if bias is not None:
+            add_bias_(y, bias)
     return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight)
 
 

@@ -12,8 +12,11 @@ import numpy as np
 from .kernels import add_bias_, column_sum_, matmul_tn_accumulate_, transpose_add_bias
 
 # Up to this many rows, OpenBLAS computes y^T = W x^T faster than y = x W^T: measured here 15 % at 128
-# rows (a sequence of 128 tokens through xxlarge's 4096 x 4096 and 16384 x 4096 weights), 5 % at 512,
-# and slower at 1024.  The transpose back costs nothing extra: it is fused into the bias add.
+# rows (a sequence of 128 tokens through xxlarge's weights), 5 % at 512, and slower at 1024.  The
+# transpose back costs nothing extra: it is fused into the bias add.  Only weights with no more outputs
+# than inputs are swapped: for the tall ones (xxlarge's `ffn`, 16384 x 4096, and the 30000-word decoder)
+# OpenBLAS's packing buffers and the transposed temporary cost 57 MiB more peak memory in a forward,
+# which would break predict's 1.2 GB budget, for 3 % of its time.
 SKINNY_ROWS = 512
 
 
@@ -23,7 +26,7 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -
     y = x W^T + b
     """
     x2 = x.reshape(-1, x.shape[-1])
-    if x2.shape[0] <= SKINNY_ROWS:
+    if x2.shape[0] <= SKINNY_ROWS and weight.shape[0] <= weight.shape[1]:
         y = np.empty((x2.shape[0], weight.shape[0]), dtype=np.result_type(x2, weight))
         transpose_add_bias(weight @ x2.T, np.empty(0, y.dtype) if bias is None else bias, y)
     else:

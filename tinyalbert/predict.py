@@ -31,10 +31,9 @@ class PredictError(ValueError):
 
 
 # The kernels one forward pass (inference) runs.  Their on-disk Numba cache decides whether the first
-# forward compiles (tens of seconds) or loads machine code (well under a second).  Batches of up to
-# linear.SKINNY_ROWS tokens, predict's usual case, add biases with transpose_add_bias (not add_bias_).
-_FORWARD_KERNELS = (("kernels", "transpose_add_bias"),
-                    ("layernorm", "_layernorm_forward_kernel"),
+# forward compiles (tens of seconds) or loads machine code (well under a second).  (transpose_add_bias is
+# not listed: batches of more than linear.SKINNY_ROWS tokens never run it.)
+_FORWARD_KERNELS = (("kernels", "add_bias_"), ("layernorm", "_layernorm_forward_kernel"),
                     ("softmax", "_shifted_scores_kernel"), ("softmax", "_normalize_rows_kernel"),
                     ("activations", "_bias_gelu_inner_kernel"), ("activations", "_gelu_from_tanh_kernel"))
 

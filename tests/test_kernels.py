@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tinyalbert.kernels import _GEMM, column_sum_, matmul_tn_accumulate_
+from tinyalbert.linear import SKINNY_ROWS, linear_forward
 
 
 def test_numpy_blas_gemm_is_found():
@@ -28,6 +29,23 @@ def test_matmul_tn_accumulate(dtype, shape):
     c2 = np.zeros((M, N), dtype)
     matmul_tn_accumulate_(c2, np.asfortranarray(a), b)
     assert np.allclose(c2, a.T @ b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [0, 1, 67, SKINNY_ROWS, SKINNY_ROWS + 1])
+@pytest.mark.parametrize("out_features, in_features", [(70, 130), (130, 70)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_forward_both_operand_orders(dtype, rows, out_features, in_features, with_bias):
+    """Few rows and a weight no taller than wide take y^T = W x^T plus transpose_add_bias; the rest x W^T."""
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, in_features)).astype(dtype)
+    weight = rng.standard_normal((out_features, in_features)).astype(dtype)
+    bias = rng.standard_normal(out_features).astype(dtype) if with_bias else None
+    y, _ = linear_forward(x.reshape(1, rows, in_features), weight, bias)
+    expected = x.astype(np.float64) @ weight.astype(np.float64).T + (0 if bias is None else bias)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    assert y.shape == (1, rows, out_features) and y.dtype == dtype
+    assert np.abs(y[0] - expected).max(initial=0) <= tol * max(np.abs(expected).max(initial=0), 1)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 1000])

@@ -9,32 +9,28 @@ export OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1
 mkdir -p "$OUT/phase1" "$OUT/phase2" "$OUT/phase3"
 # 1. an 8000-piece ALBERT-style SentencePiece vocabulary of the whole corpus (34 s, deterministic)
 [ -f "$OUT/spiece.model" ] || python -m tinyalbert.vocab ../shared/corpus -o "$OUT/spiece.model" --vocab-size 8000 --seed 0
+# every phase: sequences of 128, batches of 32, AdamW with decoupled weight decay 0.01, clipping at 1.0;
+# "$@" passes the script's own arguments on to every phase
+phase() {
+    python -m tinyalbert.pretrain --vocab "$OUT/spiece.model" --data $DATA --seq-len 128 --batch-size 32 \
+        --optimizer adamw --weight-decay 0.01 --clip 1.0 --log-every 20 --eval-every 500 --eval-batches 16 \
+        --checkpoint-every 100 "$@"
+}
 # 2. phase 1: the shared layer applied once, LeCun (fan-in) weights and sinusoidal starting positions, so
 #    that attention leaves the uniform, bag-of-words plateau within a few thousand steps (see weights/README.md)
-python -m tinyalbert.pretrain --out "$OUT/phase1" --vocab "$OUT/spiece.model" --data $DATA \
+phase --out "$OUT/phase1" \
     --embedding-size 128 --hidden-size 256 --num-heads 4 --intermediate-size 1024 --num-layers 1 \
     --weight-init fan-in --position-init sinusoid \
-    --seq-len 128 --batch-size 32 --steps 8000 --warmup 300 --optimizer adamw --lr 1e-3 \
-    --weight-decay 0.01 --clip 1.0 --seed 0 --log-every 20 --eval-every 500 --eval-batches 16 \
-    --checkpoint-every 100 --stop-after 3600 "$@"
+    --steps 8000 --warmup 300 --lr 1e-3 --seed 0 --stop-after 3600 "$@"
 # 3. phase 2: the same shared layer applied 3 times, a new schedule, other batches (seed 1)
-python -m tinyalbert.pretrain --out "$OUT/phase2" --vocab "$OUT/spiece.model" --data $DATA \
-    --init-from "$OUT/phase1/checkpoint.h5" --num-layers 3 \
-    --seq-len 128 --batch-size 32 --steps 5000 --warmup 200 --optimizer adamw --lr 1e-3 \
-    --weight-decay 0.01 --clip 1.0 --seed 1 --log-every 20 --eval-every 500 --eval-batches 16 \
-    --checkpoint-every 100 "$@"
+phase --out "$OUT/phase2" --init-from "$OUT/phase1/checkpoint.h5" --num-layers 3 \
+    --steps 5000 --warmup 200 --lr 1e-3 --seed 1 "$@"
 # 4. phase 3: a gentler schedule (peak 5e-4) at the same depth, other batches (seed 2)
-python -m tinyalbert.pretrain --out "$OUT/phase3" --vocab "$OUT/spiece.model" --data $DATA \
-    --init-from "$OUT/phase2/checkpoint.h5" \
-    --seq-len 128 --batch-size 32 --steps 2600 --warmup 100 --optimizer adamw --lr 5e-4 \
-    --weight-decay 0.01 --clip 1.0 --seed 2 --log-every 20 --eval-every 500 --eval-batches 16 \
-    --checkpoint-every 100 "$@"
+phase --out "$OUT/phase3" --init-from "$OUT/phase2/checkpoint.h5" \
+    --steps 2600 --warmup 100 --lr 5e-4 --seed 2 "$@"
 # 5. phase 4: a last, longer schedule at the same peak and depth, other batches (seed 3)
-python -m tinyalbert.pretrain --out "$OUT" --vocab "$OUT/spiece.model" --data $DATA \
-    --init-from "$OUT/phase3/checkpoint.h5" \
-    --seq-len 128 --batch-size 32 --steps 7600 --warmup 200 --optimizer adamw --lr 5e-4 \
-    --weight-decay 0.01 --clip 1.0 --seed 3 --log-every 20 --eval-every 500 --eval-batches 16 \
-    --checkpoint-every 100 "$@"
+phase --out "$OUT" --init-from "$OUT/phase3/checkpoint.h5" \
+    --steps 7600 --warmup 200 --lr 5e-4 --seed 3 "$@"
 # 6. the bundled copy: float16 halves the file; it is computed in float32 when loaded
 python -c "
 from tinyalbert.weights import load_params, save

@@ -104,15 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         sop_count += s["sop_count"]
         labels = b["mlm_labels"]
         mlm_base += int((labels[labels != -100] == frequent_token).sum())
+        if i == 0:
+            attention = [round(x, 2) for x in neighbour_attention(model, b)]
 
     figures = {
         "heldout_loss": loss_sum / args.batches,
         "mlm_top1": mlm_correct / mlm_count, "mlm_baseline_most_frequent": mlm_base / mlm_count,
         "most_frequent_token": model.tokenizer.id_to_piece(frequent_token), "mlm_positions": mlm_count,
         "sop_accuracy": sop_correct / sop_count, "sop_baseline": 0.5, "sop_examples": sop_count,
+        "neighbour_attention_per_application": attention,
     }
-    figures["neighbour_attention_per_application"] = [
-        round(x, 2) for x in neighbour_attention(model, data.batch(0, 32, split="heldout"))]
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

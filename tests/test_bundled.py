@@ -39,25 +39,25 @@ def test_bundled_model_fills_a_mask():
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
 
 
+def top_answers(text: str, k: int) -> list[str]:
+    """The bundled model's k most likely pieces for the [MASK] of `text`."""
+    return [o["token_str"] for o in fill_mask(load(PACKAGE_COPY), text, top_k=k)]
+
+
 def test_bundled_model_uses_context():
     """The model card's claim that the model left the bag-of-words plateau: the opening of every
     TinyStories tale, a door that is opened, the united states; a model that only knows word
     frequencies answers all three with "the", "," or "."."""
-    model = load(PACKAGE_COPY)
-
-    def top(text: str, k: int) -> list[str]:
-        return [o["token_str"] for o in fill_mask(model, text, top_k=k)]
-
-    assert top("Once upon a [MASK], there was a little girl.", 1) == ["time"]
-    assert "door" in top("He opened the [MASK] and walked into the room.", 3)
-    assert "states" in top("The president of the united [MASK] gave a speech.", 2)
+    assert top_answers("Once upon a [MASK], there was a little girl.", 1) == ["time"]
+    assert "door" in top_answers("He opened the [MASK] and walked into the room.", 3)
+    assert "states" in top_answers("The president of the united [MASK] gave a speech.", 2)
 
 
 def test_bundled_model_answers_the_headline_sentence():
     """README's first command: the first answer is a place, not a copy of a word of the sentence (the
     small-MLM failure the model card describes), and the store is among the first three."""
     sentence = "The man went to the [MASK] to buy some milk."
-    answers = [o["token_str"] for o in fill_mask(load(PACKAGE_COPY), sentence, top_k=3)]
+    answers = top_answers(sentence, 3)
     assert answers[0] not in sentence.lower().split()
     assert "store" in answers
 

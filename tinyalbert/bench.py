@@ -220,6 +220,65 @@ print(RESULT_PREFIX + json.dumps({"import_s": t_imported - T_START, "open_s": t_
                                   "vmhwm_mib": proc_status_mib("VmHWM")}))
 """
 
+# The bundled line's workers stay alive for the whole line and take one command per line on stdin:
+# "prepare" (untimed: drop the last step's gradients, collect garbage), "step" (one training step).
+_STEP_WORKER_TINYALBERT = """
+spec = json.loads(sys.argv[1])
+from tinyalbert import weights
+limit_threads(spec["threads"])
+model = weights.load(spec["path"], mmap=False)
+batch = make_batch(spec["batch"], spec["seq"], model.config.vocab_size)
+
+def step():
+    loss, grads = model.loss_and_grads(*batch)
+    return float(loss), grads
+
+def drop_grads():
+    pass
+"""
+_STEP_WORKER_TORCH = """
+spec = json.loads(sys.argv[1])
+import torch
+import transformers
+transformers.logging.set_verbosity_error()
+limit_threads(spec["threads"])
+model = getattr(transformers, spec["model_class"]).from_pretrained(
+    spec["path"], attn_implementation=spec["attn"]).eval()
+ids, types, mask, labels, sop = (torch.from_numpy(a) for a in make_batch(spec["batch"], spec["seq"],
+                                                                          model.config.vocab_size))
+
+def step():
+    out = model(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels, sentence_order_label=sop)
+    out.loss.backward()
+    return float(out.loss.detach()), None
+
+def drop_grads():
+    model.zero_grad(set_to_none=True)
+"""
+_STEP_WORKER_TAIL = """
+import gc
+gc.collect()
+gc.freeze()
+print(RESULT_PREFIX + json.dumps({"ready": True}), flush=True)
+kept = None
+for command in sys.stdin:
+    command = command.strip()
+    if command == "prepare":
+        kept = None
+        drop_grads()
+        gc.collect()
+        print(RESULT_PREFIX + json.dumps({}), flush=True)
+    elif command == "step":
+        gc.disable()
+        try:
+            loss, kept = step()
+        finally:
+            gc.enable()
+        print(RESULT_PREFIX + json.dumps({"loss": loss}), flush=True)
+    else:
+        break
+"""
+
 
 def _worker_code(body: str, tail: str) -> str:
     head = ("import time\nT_START = time.perf_counter()\nimport json, sys\nimport numpy as np\n"
@@ -285,28 +344,43 @@ def _busy_cpu_seconds() -> float | None:
         return None
 
 
-def _own_cpu_seconds() -> float:
+def _own_cpu_seconds(pids: tuple[int, ...] = ()) -> float:
+    """CPU seconds of this process, its finished children, and the running processes `pids`."""
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime + sum(_process_cpu_seconds(p) for p in pids)
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process, from /proc/PID/stat (0 where there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()     # the command name may hold spaces
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 class Probe:
     """Wall time of a block, and the share of the machine's CPUs that OTHER processes used meanwhile.
 
-    foreign = (busy CPU seconds of the whole machine - this process's and its children's) / (wall x CPUs),
-    None for blocks shorter than 0.2 s (the counters tick every 10 ms).
+    foreign = (busy CPU seconds of the whole machine - this process's, its children's and the running
+    helper processes `pids`') / (wall x CPUs), None for blocks shorter than 0.2 s (the counters tick
+    every 10 ms).
     """
 
     min_seconds = 0.2
 
+    def __init__(self, pids: tuple[int, ...] = ()):
+        self.pids = tuple(pids)
+
     def __enter__(self):
-        self.busy0, self.own0 = _busy_cpu_seconds(), _own_cpu_seconds()
+        self.busy0, self.own0 = _busy_cpu_seconds(), _own_cpu_seconds(self.pids)
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
-        busy1, own1 = _busy_cpu_seconds(), _own_cpu_seconds()
+        busy1, own1 = _busy_cpu_seconds(), _own_cpu_seconds(self.pids)
         self.foreign = None
         # /proc/stat counts in clock ticks (10 ms): shorter blocks cannot be attributed
         if self.busy0 is not None and busy1 is not None and self.seconds >= self.min_seconds:
@@ -324,13 +398,15 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 def interleave(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int, inner: int = 1,
                before: dict[str, Callable[[], None]] | None = None,
-               on_first: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, list]]:
+               on_first: Callable[[dict[str, Any]], None] | None = None,
+               pids: tuple[int, ...] = ()) -> dict[str, dict[str, list]]:
     """Time every side `repeats` times, alternating within each repeat (ABBA order); returns per-side lists.
 
     warmup: untimed calls of each side first (Numba loads its kernels, torch its first-call state).
     inner: calls per sample (per-call time = sample / inner).  before[side] runs before each sample, untimed.
     on_first: called with {side: first warm-up result} once the warm-up is done (a correctness check);
     the results are dropped before the timed repeats start.
+    pids: helper processes that do a side's work (StepWorker); their CPU time is not "foreign".
     """
     before = before or {}
     names = list(sides)
@@ -354,7 +430,7 @@ def interleave(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int, i
             gc.collect()
             gc.disable()                       # as timeit does: no collector pauses inside a sample
             try:
-                with Probe() as p:
+                with Probe(pids) as p:
                     for _ in range(inner):
                         out = sides[name]()
             finally:
@@ -386,6 +462,54 @@ def _worker_result(proc) -> dict[str, Any]:
             return json.loads(line[len(RESULT_PREFIX):])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     raise RuntimeError(f"worker failed (exit {proc.returncode}): {tail}")
+
+
+class StepWorker:
+    """One side of a line, in a process of its own that lives for the whole line (the bundled line).
+
+    The parent drives it one command at a time ("prepare", "step"; see _STEP_WORKER_TAIL) and waits for
+    each answer, so the sides still take turns on the cores and `interleave` times them as usual.  The
+    worker's stderr goes to a file, whose last line is the error when the worker fails.
+    """
+
+    def __init__(self, name: str, body: str, spec: dict[str, Any], log_dir: Path, timeout: float = 900):
+        self.name, self.timeout = name, timeout
+        self.log_path = log_dir / f"worker-{name}.log"
+        code = _worker_code(body, _STEP_WORKER_TAIL)
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+        self._answer()                                   # "ready": the model is built
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def request(self, command: str) -> dict[str, Any]:
+        try:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass                                          # the worker died: _answer says why
+        return self._answer()
+
+    def _answer(self) -> dict[str, Any]:
+        for line in self.proc.stdout:
+            if line.startswith(RESULT_PREFIX):
+                return json.loads(line[len(RESULT_PREFIX):])
+        self.proc.wait(timeout=self.timeout)
+        log = self.log_path.read_text(errors="replace").strip().splitlines() or ["no output"]
+        raise RuntimeError(f"{self.name} worker failed (exit {self.proc.returncode}): {log[-1]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()                  # end of input: the worker's loop ends
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
 
 
 # ==================================================================================================
@@ -996,43 +1120,62 @@ def rss_line(run: Run, c: AlbertConfig, B: int, S: int, first_shape: bool) -> No
 
 
 def section_bundled(run: Run) -> None:
-    from .model import Albert
+    """The bundled config's training step, each side in a process of its own (StepWorker), interleaved.
+
+    Unlike the xxlarge lines, the sides do not share a process here: this step's activations (a few MiB
+    each) are allocated and freed hundreds of times per step, and how fast that goes depends on the
+    process's malloc settings and on how large earlier sections grew its heap.  tinyalbert sets its own
+    policy (memory.keep_freed_memory) when it builds a model; in a shared process torch inherits that
+    policy and that heap and ran 0.45-0.50 s per step instead of the 0.53 s it takes in a process of its
+    own (docs/performance.md).  Separate processes time each library as its users run it.
+    """
     from .params import init_params
+    from .weights import save
 
     c = run.bundled_config
     B, S = run.bundled_shape
     section_header(f"bundled: training step of the bundled model's config (H={c.hidden_size} E={c.embedding_size} "
                    f"NH={c.num_attention_heads} I={c.intermediate_size} L={c.num_hidden_layers} "
-                   f"V={c.vocab_size}), B={B} S={S}, {run.threads} threads")
+                   f"V={c.vocab_size}), B={B} S={S}, {run.threads} threads, each side in a process of its own")
     params = init_params(c, seed=0, dtype=np.float32)
-    model = Albert(c, params)
-    ids, types, mask, labels, sop = make_batch(B, S, c.vocab_size)
-    M = int((labels != -100).sum())
-    sides: dict[str, Callable] = {"tinyalbert": lambda: model.loss_and_grads(ids, types, mask, labels, sop)}
-    torch_models = []
+    spec = {"batch": B, "seq": S, "threads": run.threads}
+    ta_path = run.tmp / "bundled.h5"
+    save(ta_path, c, params)
+    bodies = {"tinyalbert": (_STEP_WORKER_TINYALBERT, {"path": str(ta_path)})}
     if run.load_torch():
-        tb = _torch_batch(run, (ids, types, mask, labels, sop))
+        hf_dir = run.tmp / "bundled-hf"
+        run.torch_model(c, params, "eager").save_pretrained(hf_dir)
         for a in run.attns:
-            m = run.torch_model(c, params, a)
-            torch_models.append(m)
+            bodies[f"torch-{a}"] = (_STEP_WORKER_TORCH, {"path": str(hf_dir), "attn": a,
+                                                         "model_class": "AlbertForPreTraining"})
+    _, _, _, labels, _ = make_batch(B, S, c.vocab_size)
+    M = int((labels != -100).sum())
+    del params
+    gc.collect()
+    workers: dict[str, StepWorker] = {}
+    try:
+        for name, (body, more) in bodies.items():
+            workers[name] = StepWorker(name, body, {**spec, **more}, run.tmp)
+        sides = {name: (lambda w=w: w.request("step")["loss"]) for name, w in workers.items()}
+        before = {name: (lambda w=w: w.request("prepare")) for name, w in workers.items()}
+        check: dict[str, float] = {}
 
-            def fn(m=m):
-                out = m(input_ids=tb[0], token_type_ids=tb[1], attention_mask=tb[2], labels=tb[3],
-                        sentence_order_label=tb[4])
-                out.loss.backward()
-                return float(out.loss.detach())
-            sides[f"torch-{a}"] = fn
-
-    def free_grads():
-        for m in torch_models:
-            m.zero_grad(set_to_none=True)
-    before = {name: free_grads for name in sides}
-    notes = [f"config: {run.bundled_source}; random weights (the time does not depend on their values)"]
-    mix = _mix(run, "bundled", c, True, B * S, B * S, notes)
-    samples = interleave(sides, run.repeats, run.warmup, before=before)
+        def compare(first):
+            check.update({n: abs(first[n] - first["tinyalbert"]) for n in first if n != "tinyalbert"})
+        notes = [f"config: {run.bundled_source}; random weights (the time does not depend on their values), "
+                 f"written to a tinyalbert file and a transformers directory that the workers load"]
+        mix = _mix(run, "bundled", c, True, B * S, B * S, notes)
+        samples = interleave(sides, run.repeats, run.warmup, before=before, on_first=compare,
+                             pids=tuple(w.pid for w in workers.values()))
+    finally:
+        for w in workers.values():
+            w.close()
     line = time_line(run, "bundled.train", "bundled", f"bundled config train step B={B} S={S}", samples,
                      flops=model_flops(c, B, S, mlm_positions=M, training=True), mix_rate=mix, batch=B, seq=S,
-                     mlm_positions=M, notes=notes)
+                     mlm_positions=M, notes=notes, check={"loss_abs_diff": check})
+    if check:
+        notes.append("same weights and batch: first losses differ by "
+                     + ", ".join(f"{v:.1e} ({k})" for k, v in check.items()))
     for s in line["sides"].values():
         s["tokens_per_s"] = B * S / s["median"] if s["median"] else None
     ref = line.get("reference")
@@ -1042,8 +1185,6 @@ def section_bundled(run: Run) -> None:
         line["targets"] = [target(run, "tokens/s >= 1.5x torch's", tput, 1.5, at_most=False)]
         notes.append("tokens/s: " + ", ".join(f"{n} {s['tokens_per_s']:.0f}" for n, s in line["sides"].items()))
     run.add(line)
-    del sides, before, model, params, torch_models
-    gc.collect()
 
 
 def section_load(run: Run) -> None:

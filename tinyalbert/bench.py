@@ -12,17 +12,20 @@ Sections (pick with --only; the default runs them all, in this order):
     forward   xxlarge-v2 forward (random weights) at (B, S) = (1, 128), (1, 512), (8, 128)
     train     xxlarge-v2 training step (forward + backward of MLM + SOP, no optimizer) at (1, 128), (4, 128),
               then each side's peak RSS, each in a fresh process of its own
-    bundled   the bundled model's config, training step at B=32, S=128, in tokens/s
+    bundled   the bundled model's config, training step at B=32, S=128, in tokens/s; each side in a
+              process of its own that lives for the whole line (see section_bundled for why)
     load      open a converted xxlarge file and run a forward at seq 128, in fresh processes:
               tinyalbert.weights.load against transformers' from_pretrained (safetensors)
     predict   `python -m tinyalbert.predict` on the bundled model, with an empty and a warm Numba cache
 
-Method (docs/performance.md has it in full): both sides run in ONE process with the same thread count,
-interleaved within every repeat (ABBA order: A B in even repeats, B A in odd ones) so that a slow stretch
-of a shared machine hits both; each line reports the median, min and max of its repeats, GFLOP/s from an
-analytic FLOP count, % of the numpy GEMM rate for the same shapes, and the ratio tinyalbert / torch.
-Both sides compute with the SAME weights: the torch model's parameters are rebound to the NumPy arrays
-(torch.from_numpy, no copy), and the first (warm-up) outputs of the two sides are compared.
+Method (docs/performance.md has it in full): both sides run with the same thread count, interleaved
+within every repeat (ABBA order: A B in even repeats, B A in odd ones) so that a slow stretch of a shared
+machine hits both; each line reports the median, min and max of its repeats, GFLOP/s from an analytic
+FLOP count, % of the numpy GEMM rate for the same shapes, and the ratio tinyalbert / torch.  The xxlarge
+lines run both sides in ONE process, and the torch model's parameters are rebound to the NumPy arrays
+(torch.from_numpy, no copy); the bundled line runs each side in a process of its own, both loading the
+same weights from files.  Either way both sides compute with the SAME weights, and the first (warm-up)
+outputs of the two sides are compared.
 
 torch and transformers are imported lazily, only here; without them the tinyalbert side still runs.
 """

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tinyalbert import attention, linear
+from tinyalbert.bench import StepWorker
 from tinyalbert.config import AlbertConfig
 from tinyalbert.opprofile import format_profile, profile
 
@@ -54,3 +55,15 @@ def test_bench_smoke_writes_every_line(tmp_path):
     assert {"matmul", "forward", "train", "bundled"} <= sections
     forward = next(line for line in result["lines"] if line["id"].startswith("forward."))
     assert "tinyalbert" in forward["sides"] and any(side.startswith("torch") for side in forward["sides"])
+    # the bundled line's sides run in worker processes of their own, on the same weights and batch
+    bundled = next(line for line in result["lines"] if line["id"] == "bundled.train")
+    assert {"tinyalbert", "torch-eager", "torch-sdpa"} <= set(bundled["sides"])
+    assert all(len(side["samples"]) == 1 for side in bundled["sides"].values())
+    assert all(diff < 1e-4 for diff in bundled["check"]["loss_abs_diff"].values())
+
+
+def test_step_worker_failure_names_the_worker_and_the_error(tmp_path):
+    body = 'raise FileNotFoundError("no weights file at /nowhere/model.h5")\n'
+    with pytest.raises(RuntimeError, match=r"broken-side worker failed \(exit 1\): FileNotFoundError: "
+                                           r"no weights file at /nowhere/model.h5"):
+        StepWorker("broken-side", body, {}, tmp_path)

@@ -245,8 +245,7 @@ import torch
 import transformers
 transformers.logging.set_verbosity_error()
 limit_threads(spec["threads"])
-model = getattr(transformers, spec["model_class"]).from_pretrained(
-    spec["path"], attn_implementation=spec["attn"]).eval()
+model = transformers.AlbertForPreTraining.from_pretrained(spec["path"], attn_implementation=spec["attn"]).eval()
 ids, types, mask, labels, sop = (torch.from_numpy(a) for a in make_batch(spec["batch"], spec["seq"],
                                                                           model.config.vocab_size))
 
@@ -475,8 +474,8 @@ class StepWorker:
     worker's stderr goes to a file, whose last line is the error when the worker fails.
     """
 
-    def __init__(self, name: str, body: str, spec: dict[str, Any], log_dir: Path, timeout: float = 900):
-        self.name, self.timeout = name, timeout
+    def __init__(self, name: str, body: str, spec: dict[str, Any], log_dir: Path):
+        self.name = name
         self.log_path = log_dir / f"worker-{name}.log"
         code = _worker_code(body, _STEP_WORKER_TAIL)
         with open(self.log_path, "w") as log:
@@ -500,7 +499,7 @@ class StepWorker:
         for line in self.proc.stdout:
             if line.startswith(RESULT_PREFIX):
                 return json.loads(line[len(RESULT_PREFIX):])
-        self.proc.wait(timeout=self.timeout)
+        self.proc.wait()                                 # its output ended: it has exited or is exiting
         log = self.log_path.read_text(errors="replace").strip().splitlines() or ["no output"]
         raise RuntimeError(f"{self.name} worker failed (exit {self.proc.returncode}): {log[-1]}")
 
@@ -1149,8 +1148,7 @@ def section_bundled(run: Run) -> None:
         hf_dir = run.tmp / "bundled-hf"
         run.torch_model(c, params, "eager").save_pretrained(hf_dir)
         for a in run.attns:
-            bodies[f"torch-{a}"] = (_STEP_WORKER_TORCH, {"path": str(hf_dir), "attn": a,
-                                                         "model_class": "AlbertForPreTraining"})
+            bodies[f"torch-{a}"] = (_STEP_WORKER_TORCH, {"path": str(hf_dir), "attn": a})
     _, _, _, labels, _ = make_batch(B, S, c.vocab_size)
     M = int((labels != -100).sum())
     del params

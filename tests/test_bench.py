@@ -33,9 +33,9 @@ def test_profile_accounts_for_the_step(train):
     assert expected <= set(ops)
     assert ops["linear_forward"]["class"] == "BLAS" and ops["self_attention_forward"]["class"] == "BLAS"
     assert ops["_layernorm_forward_kernel"]["class"] == "Numba" and ops["gelu_forward"]["class"] == "NumPy"
-    # exclusive times never count a nested call twice: together they fit in the step (medians, so a margin)
+    # exclusive times of one run never count a nested call twice: together they fit in that run's step
     assert all(op["seconds"] >= 0 for op in ops.values())
-    assert sum(op["seconds"] for op in ops.values()) <= 1.25 * result["total_seconds"]
+    assert sum(op["seconds"] for op in ops.values()) <= result["total_seconds"]
     assert ops["self_attention_forward"]["calls"] == TINY.num_hidden_layers
     # the wrappers are gone afterwards, everywhere they were installed
     assert linear.linear_forward is original and attention.linear_forward is original

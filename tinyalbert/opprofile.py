@@ -12,8 +12,9 @@ time spent in the function minus the time spent in the other wrapped functions i
 allocations and NumPy's exp, while its kernels get the rest.
 
 The model runs with random weights (the time does not depend on their values) after one untimed warm-up
-call that loads every Numba kernel; the table gives the median over the repeats of each op's total
-time per call of the model, its share of the step, and the class it belongs to:
+call that loads every Numba kernel; the table gives, from the repeat whose total time is the median,
+each op's total time in that call of the model, its share of the step, and the class it belongs to
+(one repeat, not per-op medians, so that the ops add up to no more than the step):
 
     BLAS      matrix products (linear_*, matmul_tn_accumulate_, the per-head products in self_attention_*)
     Numba     the memory-bound kernels (bias, GELU, softmax, LayerNorm, embeddings, column sums)
@@ -22,7 +23,6 @@ time per call of the model, its share of the step, and the class it belongs to:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -112,7 +112,7 @@ def op_class(name: str, fn: Callable) -> str:
 
 def profile(config: AlbertConfig, batch: int, seq: int, train: bool, repeats: int = 3,
             seed: int = 0) -> dict[str, Any]:
-    """Run the model `repeats` times under OpTimer; per op: median seconds per run, calls per run, class."""
+    """Run the model `repeats` times under OpTimer; per op of the median-time run: seconds, calls, class."""
     from .bench import make_batch, model_flops
     from .model import Albert
     from .params import init_params
@@ -142,11 +142,12 @@ def profile(config: AlbertConfig, batch: int, seq: int, train: bool, repeats: in
     finally:
         timer.restore()
     names = sorted({n for r in per_run for n in r})
-    ops = {n: {"seconds": statistics.median(r.get(n, 0.0) for r in per_run), "calls": calls.get(n, 0),
+    median_run = sorted(range(len(totals)), key=totals.__getitem__)[(len(totals) - 1) // 2]
+    ops = {n: {"seconds": per_run[median_run].get(n, 0.0), "calls": calls.get(n, 0),
                "class": timer.classes[n]} for n in names}
     mlm_positions = int((labels != -100).sum()) if train else None
     return {"config": config.to_dict(), "batch": batch, "seq": seq,
-            "train": train, "repeats": repeats, "total_seconds": statistics.median(totals),
+            "train": train, "repeats": repeats, "total_seconds": totals[median_run],
             "flops": model_flops(config, batch, seq, mlm_positions, training=train), "ops": ops}
 
 

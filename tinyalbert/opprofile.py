@@ -12,9 +12,10 @@ time spent in the function minus the time spent in the other wrapped functions i
 allocations and NumPy's exp, while its kernels get the rest.
 
 The model runs with random weights (the time does not depend on their values) after one untimed warm-up
-call that loads every Numba kernel; the table gives, from the repeat whose total time is the median,
-each op's total time in that call of the model, its share of the step, and the class it belongs to
-(one repeat, not per-op medians, so that the ops add up to no more than the step):
+call that loads every Numba kernel. The table comes from one repeat, the one whose total time is the
+median (the lower one for an even count), not from per-op medians, so that the ops add up to no more
+than the step; it gives each op's total time in that call of the model, its share of the step, and the
+class it belongs to:
 
     BLAS      matrix products (linear_*, matmul_tn_accumulate_, the per-head products in self_attention_*)
     Numba     the memory-bound kernels (bias, GELU, softmax, LayerNorm, embeddings, column sums)

@@ -130,25 +130,20 @@ def profile(config: AlbertConfig, batch: int, seq: int, train: bool, repeats: in
 
     run()                                     # warm-up: loads (or compiles) every kernel before wrapping
     timer = OpTimer()
-    per_run: list[dict[str, float]] = []
-    totals: list[float] = []
+    runs: list[tuple[float, dict[str, float], dict[str, int]]] = []     # (total, seconds per op, calls per op)
     try:
         for _ in range(repeats):
             timer.reset()
             start = time.perf_counter()
             run()
-            totals.append(time.perf_counter() - start)
-            per_run.append(dict(timer.seconds))
-            calls = dict(timer.calls)
+            runs.append((time.perf_counter() - start, dict(timer.seconds), dict(timer.calls)))
     finally:
         timer.restore()
-    names = sorted({n for r in per_run for n in r})
-    median_run = sorted(range(len(totals)), key=totals.__getitem__)[(len(totals) - 1) // 2]
-    ops = {n: {"seconds": per_run[median_run].get(n, 0.0), "calls": calls.get(n, 0),
-               "class": timer.classes[n]} for n in names}
+    total, seconds, calls = sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
+    ops = {n: {"seconds": seconds[n], "calls": calls[n], "class": timer.classes[n]} for n in sorted(seconds)}
     mlm_positions = int((labels != -100).sum()) if train else None
     return {"config": config.to_dict(), "batch": batch, "seq": seq,
-            "train": train, "repeats": repeats, "total_seconds": totals[median_run],
+            "train": train, "repeats": repeats, "total_seconds": total,
             "flops": model_flops(config, batch, seq, mlm_positions, training=train), "ops": ops}
 
 

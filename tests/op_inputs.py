@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyalbert.config import AlbertConfig
+from tinyalbert.nn.config import AlbertConfig
 
 B, T, H, NH, I, E, V, P = 2, 5, 8, 2, 12, 6, 11, 7
 HS = H // NH

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from tinyalbert import attention, linear
+from tinyalbert.nn import attention, linear
 from tinyalbert.bench import StepWorker
-from tinyalbert.config import AlbertConfig
+from tinyalbert.nn.config import AlbertConfig
 from tinyalbert.opprofile import format_profile, profile
 
 TINY = AlbertConfig(vocab_size=64, embedding_size=8, hidden_size=16, num_attention_heads=2, intermediate_size=32,

@@ -18,8 +18,8 @@ from tinyalbert.classifier import (AlbertClassifier, classification_head_backwar
                                    classifier_param_shapes, init_classifier_params, load_classifier,
                                    save_classifier)
 from tinyalbert.finetune import build_source_task, evaluate, fine_tune, main, pad_batch
-from tinyalbert.gradcheck import numerical_gradient, numerical_gradient_of_output, rel_error
-from tinyalbert.model import Albert
+from tinyalbert.nn.gradcheck import numerical_gradient, numerical_gradient_of_output, rel_error
+from tinyalbert.nn.model import Albert
 from tinyalbert.weights import save
 
 ROOT = Path(__file__).resolve().parents[1]

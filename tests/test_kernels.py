@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinyalbert.kernels import _GEMM, column_sum_, matmul_tn_accumulate_
-from tinyalbert.linear import SKINNY_ROWS, linear_forward
+from tinyalbert.nn.kernels import _GEMM, column_sum_, matmul_tn_accumulate_
+from tinyalbert.nn.linear import SKINNY_ROWS, linear_forward
 
 
 def test_numpy_blas_gemm_is_found():

@@ -36,8 +36,8 @@ import numpy as np
 import pytest
 
 from tinyalbert import Albert, AlbertConfig, init_params
-from tinyalbert.gradcheck import rel_error
-from tinyalbert.params import SOP_HEAD_KEYS, layer_prefix, layer_shapes
+from tinyalbert.nn.gradcheck import rel_error
+from tinyalbert.nn.params import SOP_HEAD_KEYS, layer_prefix, layer_shapes
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
 

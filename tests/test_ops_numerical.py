@@ -2,7 +2,7 @@
 
 For an op out = f(x, W, ...), we draw a random upstream gradient `dout`, run the hand-written
 backward with it, and compare every gradient it returns (or accumulates) with the central
-difference of the scalar sum(f(...) * dout) (tinyalbert.gradcheck).
+difference of the scalar sum(f(...) * dout) (tinyalbert.nn.gradcheck).
 
 Why `dout` is random and never all ones: with dout = 1 the check differentiates sum(out).  The
 rows of a softmax always sum to 1 and a LayerNorm output (before its affine part) always sums to
@@ -10,7 +10,7 @@ rows of a softmax always sum to 1 and a LayerNorm output (before its affine part
 that happens to sum to zero per row, would pass.  A random dout weights the outputs differently
 and exercises the full Jacobian.
 
-Error measure: tinyalbert.gradcheck.rel_error, max|a - n| / max(max|a|, max|n|) per tensor (a
+Error measure: tinyalbert.nn.gradcheck.rel_error, max|a - n| / max(max|a|, max|n|) per tensor (a
 normwise relative error).  Central differences with h = 1e-6 in float64 have truncation error
 ~h^2 = 1e-12 and rounding error ~1e-16 |f| / h = 1e-10 |f|; with outputs of order one and
 gradients of order one every correct backward lands near 1e-9..1e-11, a wrong formula at 1e-3 or
@@ -27,20 +27,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinyalbert.activations import gelu_backward, gelu_forward
-from tinyalbert.attention import self_attention_backward, self_attention_forward
-from tinyalbert.embeddings import embedding_backward, embedding_forward, embeddings_backward, embeddings_forward
-from tinyalbert.encoder import encoder_backward, encoder_forward
-from tinyalbert.feedforward import feedforward_backward, feedforward_forward
-from tinyalbert.gradcheck import numerical_gradient, numerical_gradient_of_output, rel_error
-from tinyalbert.heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward,
+from tinyalbert.nn.activations import gelu_backward, gelu_forward
+from tinyalbert.nn.attention import self_attention_backward, self_attention_forward
+from tinyalbert.nn.embeddings import embedding_backward, embedding_forward, embeddings_backward, embeddings_forward
+from tinyalbert.nn.encoder import encoder_backward, encoder_forward
+from tinyalbert.nn.feedforward import feedforward_backward, feedforward_forward
+from tinyalbert.nn.gradcheck import numerical_gradient, numerical_gradient_of_output, rel_error
+from tinyalbert.nn.heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward,
                               sop_head_backward, sop_head_forward)
-from tinyalbert.layer import albert_layer_backward, albert_layer_forward
-from tinyalbert.layernorm import layernorm_backward, layernorm_forward
-from tinyalbert.linear import linear_backward, linear_forward
-from tinyalbert.losses import cross_entropy_backward, cross_entropy_forward
-from tinyalbert.params import MAPPING, layer_prefix, layer_shapes, param_shapes
-from tinyalbert.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
+from tinyalbert.nn.layer import albert_layer_backward, albert_layer_forward
+from tinyalbert.nn.layernorm import layernorm_backward, layernorm_forward
+from tinyalbert.nn.linear import linear_backward, linear_forward
+from tinyalbert.nn.losses import cross_entropy_backward, cross_entropy_forward
+from tinyalbert.nn.params import MAPPING, layer_prefix, layer_shapes, param_shapes
+from tinyalbert.nn.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
 
 from op_inputs import (ATTENTION_MASK, EPS, HS, NH, PAD, TOKEN_TYPES, B, E, H, I, T, V,  # noqa: E402
                        randomised, small_config)

@@ -7,7 +7,7 @@ differentiated by autograd with the same random upstream gradient `dout` as the 
 backward (never all ones: the input gradients of softmax and LayerNorm would then be exactly zero
 and hide errors).
 
-Error: rel = max|a - b| / max(max|a|, max|b|) per tensor (tinyalbert.gradcheck.rel_error).  Two
+Error: rel = max|a - b| / max(max|a|, max|b|) per tensor (tinyalbert.nn.gradcheck.rel_error).  Two
 float64 implementations of the same formulas differ by rounding only: ~1e-16 per operation, at
 most ~1e-14 through the deepest op here (3 layer applications and back), so the bound is 1e-10.
 
@@ -28,21 +28,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinyalbert.activations import gelu_backward, gelu_forward
-from tinyalbert.attention import self_attention_backward, self_attention_forward
-from tinyalbert.config import AlbertConfig
-from tinyalbert.embeddings import embedding_backward, embedding_forward, embeddings_backward, embeddings_forward
-from tinyalbert.encoder import encoder_backward, encoder_forward
-from tinyalbert.feedforward import feedforward_backward, feedforward_forward
-from tinyalbert.gradcheck import rel_error
-from tinyalbert.heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward,
+from tinyalbert.nn.activations import gelu_backward, gelu_forward
+from tinyalbert.nn.attention import self_attention_backward, self_attention_forward
+from tinyalbert.nn.config import AlbertConfig
+from tinyalbert.nn.embeddings import embedding_backward, embedding_forward, embeddings_backward, embeddings_forward
+from tinyalbert.nn.encoder import encoder_backward, encoder_forward
+from tinyalbert.nn.feedforward import feedforward_backward, feedforward_forward
+from tinyalbert.nn.gradcheck import rel_error
+from tinyalbert.nn.heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward,
                               sop_head_backward, sop_head_forward)
-from tinyalbert.layer import albert_layer_backward, albert_layer_forward, sub
-from tinyalbert.layernorm import layernorm_backward, layernorm_forward
-from tinyalbert.linear import linear_backward, linear_forward
-from tinyalbert.losses import cross_entropy_backward, cross_entropy_forward
-from tinyalbert.params import MAPPING, layer_prefix, layer_shapes, param_shapes
-from tinyalbert.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
+from tinyalbert.nn.layer import albert_layer_backward, albert_layer_forward, sub
+from tinyalbert.nn.layernorm import layernorm_backward, layernorm_forward
+from tinyalbert.nn.linear import linear_backward, linear_forward
+from tinyalbert.nn.losses import cross_entropy_backward, cross_entropy_forward
+from tinyalbert.nn.params import MAPPING, layer_prefix, layer_shapes, param_shapes
+from tinyalbert.nn.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
 
 from op_inputs import (ATTENTION_MASK, EPS, HS, NH, PAD, TOKEN_TYPES, B, E, H, I, T, V,  # noqa: E402
                        randomised)

@@ -480,7 +480,7 @@ def test_cli_without_any_weights_says_how_to_get_them(tmp_path, monkeypatch):
 def test_numba_cache_check_matches_installed_numba(model):
     # the private attributes the check reads exist in this numba (else it would always say "warm")
     for module_name, kernel_name in predict._FORWARD_KERNELS:
-        module = __import__(f"tinyalbert.{module_name}", fromlist=[kernel_name])
+        module = __import__(f"tinyalbert.nn.{module_name}", fromlist=[kernel_name])
         cache_file = getattr(module, kernel_name)._cache._cache_file
         assert os.path.exists(cache_file._index_path), cache_file._index_path
     assert predict._numba_cache_is_cold() is False      # `model` ran a forward: the cache is warm

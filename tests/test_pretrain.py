@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tinyalbert import pretrain
-from tinyalbert.params import sinusoidal_positions
+from tinyalbert.nn.params import sinusoidal_positions
 from tinyalbert.weights import load
 
 VOCAB = Path(__file__).resolve().parents[1].parent / "shared" / "albert" / "30k-clean.model"

@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 
 import tinyalbert
-from tinyalbert.config import AlbertConfig
+from tinyalbert.nn.config import AlbertConfig
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 REFERENCE_TRANSFORMERS_VERSION = "4.57.6"

@@ -13,8 +13,8 @@ import pytest
 
 import tinyalbert
 from tinyalbert import weights
-from tinyalbert.config import AlbertConfig
-from tinyalbert.params import init_params, param_shapes
+from tinyalbert.nn.config import AlbertConfig
+from tinyalbert.nn.params import init_params, param_shapes
 from tinyalbert.weights import WeightsError
 
 SPIECE = Path(__file__).resolve().parents[2] / "shared" / "albert" / "30k-clean.model"
@@ -124,7 +124,7 @@ def test_load_returns_model_with_tokenizer(saved):
     assert all(model.params[k].dtype == np.float32 for k in params)
     assert all(np.array_equal(model.params[k], params[k]) for k in params)
     # the kernels accept the read-only memory-mapped params as they are
-    from tinyalbert.model import Albert
+    from tinyalbert.nn.model import Albert
 
     ids = np.array([[2, 48, 25, 21, 1289, 3]])
     expected = Albert(config, {k: np.array(v) for k, v in params.items()}).forward(ids)

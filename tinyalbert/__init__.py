@@ -1,6 +1,6 @@
 """tinyalbert: ALBERT (albert-xxlarge-v2) in NumPy and Numba, every forward and backward written by hand.
 
-Start with `tinyalbert/model.py`: the whole forward fits on one page.
+Start with `tinyalbert/nn/model.py`: the whole forward fits on one page.
 """
 import os as _os
 
@@ -9,9 +9,9 @@ import os as _os
 # model's training step went from 2.4 s to 42 s).  libgomp reads this when it loads,
 # which is at the first parallel kernel, so it has to be set before that.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from .config import AlbertConfig, PRESETS
-from .params import init_params, param_shapes, count_params
-from .model import Albert, ForwardOutput
+from .nn.config import AlbertConfig, PRESETS
+from .nn.params import init_params, param_shapes, count_params
+from .nn.model import Albert, ForwardOutput
 
 __version__ = "0.1.0"
 

@@ -52,7 +52,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import AlbertConfig
+from .nn.config import AlbertConfig
 
 SCHEMA = "tinyalbert-bench/1"
 SECTIONS = ("matmul", "forward", "train", "bundled", "load", "predict")
@@ -558,7 +558,7 @@ class Run:
     # ---- shared inputs -------------------------------------------------------------------------------
     def xxl_params(self):
         if self._xxl_params is None:
-            from .params import init_params
+            from .nn.params import init_params
 
             self._xxl_params = init_params(self.xxl, seed=0, dtype=np.float32)
         return self._xxl_params
@@ -957,7 +957,7 @@ def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def section_forward(run: Run) -> None:
-    from .model import Albert
+    from .nn.model import Albert
 
     c, params = run.xxl, run.xxl_params()
     section_header(f"forward: {run.xxl_name} (random weights), tinyalbert vs transformers "
@@ -1002,8 +1002,8 @@ def section_forward(run: Run) -> None:
 
 
 def section_train(run: Run) -> None:
-    from .model import Albert
-    from .params import layer_prefix
+    from .nn.model import Albert
+    from .nn.params import layer_prefix
 
     c, params = run.xxl, run.xxl_params()
     section_header(f"train: {run.xxl_name} training step (forward + backward, MLM 15% + SOP, no optimizer), "
@@ -1131,7 +1131,7 @@ def section_bundled(run: Run) -> None:
     policy and that heap and ran 0.45-0.50 s per step instead of the 0.53 s it takes in a process of its
     own (docs/performance.md).  Separate processes time each library as its users run it.
     """
-    from .params import init_params
+    from .nn.params import init_params
     from .weights import save
 
     c = run.bundled_config
@@ -1189,7 +1189,7 @@ def section_bundled(run: Run) -> None:
 
 
 def section_load(run: Run) -> None:
-    from .params import has_sop_head
+    from .nn.params import has_sop_head
     from .weights import load_params, save
 
     S = run.load_seq
@@ -1272,7 +1272,7 @@ def _stand_in_bundled(run: Run) -> tuple[Path | None, str]:
     path = bundled_model_path()
     if path.exists():
         return path, f"bundled model {path}"
-    from .params import init_params
+    from .nn.params import init_params
     from .tokenizer import Tokenizer
     from .weights import save
 

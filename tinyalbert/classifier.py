@@ -32,17 +32,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import AlbertConfig
+from .nn.config import AlbertConfig
 from .files import atomic_output
-from .embeddings import embeddings_backward, embeddings_forward
-from .encoder import encoder_backward, encoder_forward
-from .heads import pooler_backward, pooler_forward
-from .layer import sub
-from .linear import linear_backward, linear_forward
-from .losses import cross_entropy_backward, cross_entropy_forward
+from .nn.embeddings import embeddings_backward, embeddings_forward
+from .nn.encoder import encoder_backward, encoder_forward
+from .nn.heads import pooler_backward, pooler_forward
+from .nn.layer import sub
+from .nn.linear import linear_backward, linear_forward
+from .nn.losses import cross_entropy_backward, cross_entropy_forward
 from .memory import keep_freed_memory
-from .params import EMB, MLM, POOLER, SOP, Params, check_shapes, common_dtype, param_shapes
-from .softmax import additive_key_mask
+from .nn.params import EMB, MLM, POOLER, SOP, Params, check_shapes, common_dtype, param_shapes
+from .nn.softmax import additive_key_mask
 
 CLASSIFIER = "classifier."
 FORMAT = "tinyalbert-classifier"
@@ -108,7 +108,7 @@ def check_classifier_params(config: AlbertConfig, params: Params, num_labels: in
 def init_classifier_params(config: AlbertConfig, num_labels: int, seed: int = 0,
                            dtype: type = np.float32) -> Params:
     """Fresh parameters for every tensor, initialised like init_params: normal(0, 0.02), LayerNorm 1, bias 0."""
-    from .params import init_params
+    from .nn.params import init_params
 
     params = {k: v for k, v in init_params(config, seed=seed, dtype=dtype, sop_head=True).items()
               if not (k.startswith(MLM) or k.startswith(SOP))}

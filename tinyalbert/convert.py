@@ -34,8 +34,8 @@ import sys
 import numpy as np
 
 from .cli import report_unexpected
-from .config import AlbertConfig
-from .params import SOP_HEAD_KEYS, param_shapes
+from .nn.config import AlbertConfig
+from .nn.params import SOP_HEAD_KEYS, param_shapes
 from .weights import WeightsError, save
 
 CONFIG_FILE = "config.json"

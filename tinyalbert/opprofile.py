@@ -32,9 +32,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import (activations, attention, embeddings, encoder, feedforward, heads, kernels, layer, layernorm, linear,
+from .nn import (activations, attention, embeddings, encoder, feedforward, heads, kernels, layer, layernorm, linear,
                losses, model, softmax)
-from .config import AlbertConfig
+from .nn.config import AlbertConfig
 
 OP_MODULES: tuple[ModuleType, ...] = (kernels, linear, layernorm, activations, softmax, attention, feedforward, layer,
                                       encoder, embeddings, heads, losses, model)
@@ -115,8 +115,8 @@ def profile(config: AlbertConfig, batch: int, seq: int, train: bool, repeats: in
             seed: int = 0) -> dict[str, Any]:
     """Run the model `repeats` times under OpTimer; per op of the median-time run: seconds, calls, class."""
     from .bench import make_batch, model_flops
-    from .model import Albert
-    from .params import init_params
+    from .nn.model import Albert
+    from .nn.params import init_params
 
     params = init_params(config, seed=seed)
     ids, types, mask, labels, sop = make_batch(batch, seq, config.vocab_size, seed=seed)

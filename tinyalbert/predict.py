@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .cli import report_unexpected
-from .losses import log_softmax
+from .nn.losses import log_softmax
 
 BUNDLED_MODEL_NAME = "tinyalbert-mini.h5"
 
@@ -182,7 +182,7 @@ def _numba_cache_is_cold() -> bool:
 
     try:
         for module_name, kernel_name in _FORWARD_KERNELS:
-            kernel = getattr(importlib.import_module(f"{__package__}.{module_name}"), kernel_name)
+            kernel = getattr(importlib.import_module(f"{__package__}.nn.{module_name}"), kernel_name)
             cache_file = kernel._cache._cache_file
             if not os.path.exists(cache_file._index_path) or not cache_file._load_index():
                 return True

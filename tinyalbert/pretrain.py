@@ -30,11 +30,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .config import AlbertConfig
+from .nn.config import AlbertConfig
 from .files import atomic_output
-from .model import Albert
+from .nn.model import Albert
 from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
-from .params import (EMB, fan_in_init, has_sop_head, init_params, param_shapes, sinusoidal_positions,
+from .nn.params import (EMB, fan_in_init, has_sop_head, init_params, param_shapes, sinusoidal_positions,
                      tie_query_key_init)
 
 CHECKPOINT_FORMAT = "tinyalbert-checkpoint"

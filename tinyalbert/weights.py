@@ -30,9 +30,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .config import AlbertConfig
+from .nn.config import AlbertConfig
 from .files import atomic_output
-from .params import check_params, param_shapes, SOP_HEAD_KEYS
+from .nn.params import check_params, param_shapes, SOP_HEAD_KEYS
 
 FORMAT = "tinyalbert-weights"
 FORMAT_VERSION = 1
@@ -280,7 +280,7 @@ def load(path: str | os.PathLike, dtype: Any = np.float32, mmap: bool = True):
     file is memory-mapped, a float16 file is converted to float32 eagerly (2x its size in memory).
     The model computes in float32 or float64 only; dtype=None means float32.
     """
-    from .model import Albert
+    from .nn.model import Albert
 
     dtype = np.float32 if dtype is None else dtype
     if np.dtype(dtype).name not in ("float32", "float64"):

@@ -25,7 +25,7 @@ from .heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler
                     sop_head_forward)
 from .layer import sub
 from .losses import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
-from .memory import keep_freed_memory
+from ..memory import keep_freed_memory
 from .params import EMB, MLM, POOLER, SOP, Params, check_params, common_dtype, has_sop_head
 from .softmax import additive_key_mask
 

@@ -102,7 +102,7 @@ class AlbertConfig:
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write a transformers-style config.json (atomically)."""
-        from .files import atomic_output
+        from ..files import atomic_output
         with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(self.to_json_string())
 

@@ -37,11 +37,11 @@ from tinyalbert.nn.feedforward import feedforward_backward, feedforward_forward
 from tinyalbert.nn.gradcheck import rel_error
 from tinyalbert.nn.heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward,
                               sop_head_backward, sop_head_forward)
-from tinyalbert.nn.layer import albert_layer_backward, albert_layer_forward, sub
+from tinyalbert.nn.layer import albert_layer_backward, albert_layer_forward
 from tinyalbert.nn.layernorm import layernorm_backward, layernorm_forward
 from tinyalbert.nn.linear import linear_backward, linear_forward
 from tinyalbert.nn.losses import cross_entropy_backward, cross_entropy_forward
-from tinyalbert.nn.params import MAPPING, layer_prefix, layer_shapes, param_shapes
+from tinyalbert.nn.params import MAPPING, layer_prefix, layer_shapes, param_shapes, sub
 from tinyalbert.nn.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
 
 from op_inputs import (ATTENTION_MASK, EPS, HS, NH, PAD, TOKEN_TYPES, B, E, H, I, T, V,  # noqa: E402

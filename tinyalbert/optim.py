@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-Params = dict[str, np.ndarray]
+from .nn.params import Params
 
 
 def exclude_from_weight_decay(name: str) -> bool:

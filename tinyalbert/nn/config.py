@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .activations import ACTIVATIONS
+
 
 @dataclass
 class AlbertConfig:
@@ -55,9 +57,9 @@ class AlbertConfig:
             problems.append(
                 f"num_hidden_layers={self.num_hidden_layers} is not a multiple of "
                 f"num_hidden_groups={self.num_hidden_groups}")
-        if self.hidden_act not in ("gelu_new", "gelu"):
-            problems.append(f"hidden_act={self.hidden_act!r} is not supported "
-                            "('gelu_new', ALBERT's tanh GELU, or 'gelu', the erf form)")
+        if self.hidden_act not in ACTIVATIONS:
+            known = ", or ".join(f"{name!r}, {what}" for name, what in ACTIVATIONS.items())
+            problems.append(f"hidden_act={self.hidden_act!r} is not supported ({known})")
         if self.position_embedding_type != "absolute":
             problems.append(f"position_embedding_type={self.position_embedding_type!r} is not supported "
                             "(only 'absolute')")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from .config import AlbertConfig
-from .layer import albert_layer_backward, albert_layer_forward, sub
+from .layer import albert_layer_backward, albert_layer_forward
 from .linear import linear_backward, linear_forward
-from .params import MAPPING, layer_prefix
+from .params import MAPPING, layer_prefix, sub
 
 
 def encoder_forward(embedded: np.ndarray, key_mask: np.ndarray, params: dict[str, np.ndarray],

@@ -14,11 +14,7 @@ import numpy as np
 from .attention import self_attention_backward, self_attention_forward
 from .feedforward import feedforward_backward, feedforward_forward
 from .layernorm import layernorm_backward, layernorm_forward
-
-
-def sub(d: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    """The entries of d under `prefix`, keyed by the rest of their name (the arrays are shared, not copied)."""
-    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+from .params import sub
 
 
 def albert_layer_forward(x: np.ndarray, key_mask: np.ndarray, p: dict[str, np.ndarray], num_heads: int,

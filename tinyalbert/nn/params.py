@@ -38,6 +38,11 @@ SOP = "sop_classifier.classifier."
 SOP_HEAD_KEYS = (POOLER + "weight", POOLER + "bias", SOP + "weight", SOP + "bias")
 
 
+def sub(d: Params, prefix: str) -> Params:
+    """The entries of d under `prefix`, keyed by the rest of their name (the arrays are shared, not copied)."""
+    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+
+
 def layer_prefix(group: int, inner: int) -> str:
     """Name prefix of the shared layer `inner` of group `group`."""
     return f"albert.encoder.albert_layer_groups.{group}.albert_layers.{inner}."

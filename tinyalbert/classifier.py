@@ -32,17 +32,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .nn.body import albert_body_backward, albert_body_forward, prepare_inputs
 from .nn.config import AlbertConfig
 from .files import atomic_output
-from .nn.embeddings import embeddings_backward, embeddings_forward
-from .nn.encoder import encoder_backward, encoder_forward
 from .nn.heads import pooler_backward, pooler_forward
-from .nn.layer import sub
 from .nn.linear import linear_backward, linear_forward
 from .nn.losses import cross_entropy_backward, cross_entropy_forward
 from .memory import keep_freed_memory
-from .nn.params import EMB, MLM, POOLER, SOP, Params, check_shapes, common_dtype, param_shapes
-from .nn.softmax import additive_key_mask
+from .nn.params import MLM, POOLER, SOP, Params, check_shapes, common_dtype, param_shapes, zero_grads
 
 CLASSIFIER = "classifier."
 FORMAT = "tinyalbert-classifier"
@@ -179,34 +176,7 @@ class AlbertClassifier:
                 params[name] = (rng.standard_normal(shape) * config.initializer_range).astype(dtype)
         return cls(config, params, labels=names, tokenizer=model.tokenizer)
 
-    # ---- inputs -------------------------------------------------------------------------------------
-    def _prepare(self, input_ids, token_type_ids, attention_mask):
-        ids = np.asarray(input_ids)
-        if ids.ndim == 1:
-            ids = ids[None, :]
-        if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"input_ids must be integers of shape (batch, tokens), got {ids.dtype} {ids.shape}")
-        c = self.config
-        if ids.shape[1] > c.max_position_embeddings:
-            raise ValueError(f"sequence of {ids.shape[1]} tokens is longer than the model's maximum of "
-                             f"{c.max_position_embeddings} positions")
-        if ((ids < 0) | (ids >= c.vocab_size)).any():
-            raise ValueError(f"token ids must be in [0, {c.vocab_size})")
-
-        def as_batch(a, name):
-            if a is None:
-                return np.zeros(ids.shape, np.int64) if name == "token_type_ids" else np.ones(ids.shape, np.int64)
-            a = np.asarray(a)
-            a = a[None, :] if a.ndim == 1 else a
-            if a.shape != ids.shape:
-                raise ValueError(f"{name} has shape {a.shape}, expected {ids.shape} like input_ids")
-            return a.astype(np.int64, copy=False)
-
-        tt = as_batch(token_type_ids, "token_type_ids")
-        if ((tt < 0) | (tt >= c.type_vocab_size)).any():
-            raise ValueError(f"token_type_ids must be in [0, {c.type_vocab_size})")
-        return ids.astype(np.int64, copy=False), tt, as_batch(attention_mask, "attention_mask")
-
+    # ---- labels -------------------------------------------------------------------------------------
     def _label_ids(self, labels, batch: int) -> np.ndarray:
         y = np.asarray(labels).reshape(-1)
         if y.size != batch or not np.issubdtype(y.dtype, np.integer):
@@ -218,10 +188,9 @@ class AlbertClassifier:
     # ---- forward --------------------------------------------------------------------------------------
     def forward(self, input_ids, token_type_ids=None, attention_mask=None) -> np.ndarray:
         """input_ids (B, T) -> logits (B, K).  Inference: no dropout, no caches kept."""
-        ids, tt, mask = self._prepare(input_ids, token_type_ids, attention_mask)
-        c, p = self.config, self.params
-        embedded, _ = embeddings_forward(ids, tt, sub(p, EMB), c.layer_norm_eps)
-        hidden_states, _, _ = encoder_forward(embedded, additive_key_mask(mask, self.dtype), p, c, keep_cache=False)
+        ids, tt, mask = prepare_inputs(self.config, input_ids, token_type_ids, attention_mask)
+        p = self.params
+        hidden_states, _, _ = albert_body_forward(ids, tt, mask, p, self.config, keep_cache=False)
         logits, _ = classification_head_forward(hidden_states[-1], p[POOLER + "weight"], p[POOLER + "bias"],
                                                 p[CLASSIFIER + "weight"], p[CLASSIFIER + "bias"])
         return logits
@@ -236,13 +205,12 @@ class AlbertClassifier:
         After the call, `last_stats` holds loss, correct and count.
         """
         keep_freed_memory()
-        ids, tt, mask = self._prepare(input_ids, token_type_ids, attention_mask)
+        ids, tt, mask = prepare_inputs(self.config, input_ids, token_type_ids, attention_mask)
         y = self._label_ids(labels, ids.shape[0])
-        c, p = self.config, self.params
-        grads = {name: np.zeros_like(value) for name, value in p.items()}
+        p = self.params
+        grads = zero_grads(p)
 
-        embedded, emb_cache = embeddings_forward(ids, tt, sub(p, EMB), c.layer_norm_eps)
-        hidden_states, _, enc_cache = encoder_forward(embedded, additive_key_mask(mask, self.dtype), p, c)
+        hidden_states, _, body_cache = albert_body_forward(ids, tt, mask, p, self.config)
         logits, head_cache = classification_head_forward(hidden_states[-1], p[POOLER + "weight"], p[POOLER + "bias"],
                                                          p[CLASSIFIER + "weight"], p[CLASSIFIER + "bias"],
                                                          dropout=dropout, rng=rng)
@@ -251,8 +219,7 @@ class AlbertClassifier:
         dlast = classification_head_backward(cross_entropy_backward(ce_cache), head_cache, grads[POOLER + "weight"],
                                              grads[POOLER + "bias"], grads[CLASSIFIER + "weight"],
                                              grads[CLASSIFIER + "bias"])
-        dembedded = encoder_backward(dlast, enc_cache, grads)
-        embeddings_backward(dembedded, emb_cache, sub(grads, EMB), padding_idx=c.pad_token_id)
+        albert_body_backward(dlast, body_cache, grads)
 
         self.last_stats = {"loss": float(loss), "correct": int((logits.argmax(-1) == y).sum()), "count": int(y.size)}
         return float(loss), grads

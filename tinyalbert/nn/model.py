@@ -7,6 +7,8 @@
     pooled = tanh(h_L[:, 0] Wp^T + bp);   sop = pooled Ws^T + bs      heads.py        (B, 2)
     loss   = CE(mlm at labelled positions) + CE(sop)                  losses.py
 
+The first three lines are the body (body.py, which also checks the inputs); the
+sequence classifier (tinyalbert/classifier.py) runs the same body under its own head.
 `loss_and_grads` runs the same forward keeping every cache, then the backward
 in reverse order.  Gradients accumulate (+=) into one dict with the params'
 keys, which is what makes the shared layer's gradient the sum over its L uses
@@ -18,16 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .body import albert_body_backward, albert_body_forward, prepare_inputs
 from .config import AlbertConfig
-from .embeddings import embeddings_backward, embeddings_forward
-from .encoder import encoder_backward, encoder_forward
 from .heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward, sop_head_backward,
                     sop_head_forward)
-from .layer import sub
 from .losses import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
 from ..memory import keep_freed_memory
-from .params import EMB, MLM, POOLER, SOP, Params, check_params, common_dtype, has_sop_head
-from .softmax import additive_key_mask
+from .params import EMB, MLM, POOLER, SOP, Params, check_params, common_dtype, has_sop_head, sub, zero_grads
 
 
 @dataclass
@@ -64,50 +63,14 @@ class Albert:
     def has_sop_head(self) -> bool:
         return has_sop_head(self.params)
 
-    # ---- input checking ------------------------------------------------------------------------------
-    def _prepare_inputs(self, input_ids, token_type_ids, attention_mask):
-        ids = np.asarray(input_ids)
-        if ids.ndim == 1:
-            ids = ids[None, :]
-        if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ValueError(f"input_ids must have shape (batch, tokens) with at least one token, got {ids.shape}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"input_ids must be integers, got dtype {ids.dtype}")
-        B, T = ids.shape
-        c = self.config
-        if T > c.max_position_embeddings:
-            raise ValueError(f"sequence of {T} tokens is longer than the model's maximum of "
-                             f"{c.max_position_embeddings} positions")
-        bad = ids[(ids < 0) | (ids >= c.vocab_size)]
-        if bad.size:
-            raise ValueError(f"token id {int(bad[0])} is outside the vocabulary [0, {c.vocab_size})")
-
-        def as_batch(a, name, default):
-            if a is None:
-                return default
-            a = np.asarray(a)
-            if a.ndim == 1:
-                a = a[None, :]
-            if a.shape != (B, T):
-                raise ValueError(f"{name} has shape {a.shape}, expected {(B, T)} like input_ids")
-            return a
-
-        tt = as_batch(token_type_ids, "token_type_ids", np.zeros((B, T), dtype=np.int64))
-        if ((tt < 0) | (tt >= c.type_vocab_size)).any():
-            raise ValueError(f"token_type_ids must be in [0, {c.type_vocab_size})")
-        mask = as_batch(attention_mask, "attention_mask", np.ones((B, T), dtype=np.int64))
-        return ids.astype(np.int64, copy=False), tt.astype(np.int64, copy=False), mask
-
     # ---- forward ---------------------------------------------------------------------------------------
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
                 output_attentions: bool = False) -> ForwardOutput:
         """input_ids (B, T) -> ForwardOutput with MLM logits at every position and SOP logits."""
-        ids, tt, mask = self._prepare_inputs(input_ids, token_type_ids, attention_mask)
+        ids, tt, mask = prepare_inputs(self.config, input_ids, token_type_ids, attention_mask)
         c, p = self.config, self.params
-        embedded, _ = embeddings_forward(ids, tt, sub(p, EMB), c.layer_norm_eps)
-        key_mask = additive_key_mask(mask, self.dtype)
-        hidden_states, attentions, _ = encoder_forward(embedded, key_mask, p, c, keep_cache=False,
-                                                       output_attentions=output_attentions)
+        hidden_states, attentions, _ = albert_body_forward(ids, tt, mask, p, c, keep_cache=False,
+                                                           output_attentions=output_attentions)
         last = hidden_states[-1]
         mlm_logits, _ = mlm_head_forward(last, sub(p, MLM), p[EMB + "word_embeddings.weight"], c.layer_norm_eps,
                                          c.hidden_act)
@@ -126,7 +89,7 @@ class Albert:
         The MLM head runs only at labelled positions: the loss needs no others, and the result is identical.
         """
         keep_freed_memory()
-        ids, tt, mask = self._prepare_inputs(input_ids, token_type_ids, attention_mask)
+        ids, tt, mask = prepare_inputs(self.config, input_ids, token_type_ids, attention_mask)
         c, p = self.config, self.params
         labels = np.asarray(mlm_labels).reshape(ids.shape)
         bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= c.vocab_size))]
@@ -134,11 +97,10 @@ class Albert:
             raise ValueError(f"mlm label {int(bad[0])} is neither -100 nor a token id in [0, {c.vocab_size})")
         if sop_labels is not None and not self.has_sop_head:
             raise ValueError("sop_labels were given but these params have no SOP head (pooler + sop_classifier)")
-        grads = {name: np.zeros_like(value) for name, value in p.items()}
+        grads = zero_grads(p)
 
         # forward, keeping caches
-        embedded, emb_cache = embeddings_forward(ids, tt, sub(p, EMB), c.layer_norm_eps)
-        hidden_states, _, enc_cache = encoder_forward(embedded, additive_key_mask(mask, self.dtype), p, c)
+        hidden_states, _, body_cache = albert_body_forward(ids, tt, mask, p, c)
         last = hidden_states[-1]
         b_idx, t_idx = np.nonzero(labels != IGNORE_INDEX)
         picked = last[b_idx, t_idx]                                               # (M, H)
@@ -163,8 +125,7 @@ class Albert:
             dpooled = sop_head_backward(cross_entropy_backward(sop_ce_cache), sop_cache, grads[SOP + "weight"],
                                         grads[SOP + "bias"])
             dlast += pooler_backward(dpooled, pool_cache, grads[POOLER + "weight"], grads[POOLER + "bias"])
-        dembedded = encoder_backward(dlast, enc_cache, grads)
-        embeddings_backward(dembedded, emb_cache, sub(grads, EMB), padding_idx=c.pad_token_id)
+        albert_body_backward(dlast, body_cache, grads)
 
         self.last_stats = {
             "mlm_loss": mlm_loss, "sop_loss": sop_loss,

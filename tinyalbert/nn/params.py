@@ -201,6 +201,11 @@ def tie_query_key_init(config: AlbertConfig, params: Params) -> None:
             params[prefix + "key.weight"] = params[prefix + "query.weight"].copy()
 
 
+def zero_grads(params: Params) -> Params:
+    """A gradient dict for `params`: one zero array per tensor, same name, shape and dtype, for backwards to += into."""
+    return {name: np.zeros_like(value) for name, value in params.items()}
+
+
 def count_params(params: Params) -> int:
     """Number of scalars (the tied decoder is the word embedding, so it is counted once)."""
     return int(sum(p.size for p in params.values()))

@@ -107,8 +107,9 @@ def init_classifier_params(config: AlbertConfig, num_labels: int, seed: int = 0,
     """Fresh parameters for every tensor, initialised like init_params: normal(0, 0.02), LayerNorm 1, bias 0."""
     from .nn.params import init_params
 
+    classifier_names = classifier_param_shapes(config, num_labels)
     params = {k: v for k, v in init_params(config, seed=seed, dtype=dtype, sop_head=True).items()
-              if not (k.startswith(MLM) or k.startswith(SOP))}
+              if k in classifier_names}
     dtype = np.dtype(dtype).type
     rng = np.random.default_rng(seed)
     params[CLASSIFIER + "weight"] = (rng.standard_normal((int(num_labels), config.hidden_size))

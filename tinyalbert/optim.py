@@ -90,11 +90,14 @@ class _MomentOptimizer:
         """The weight decay that applies to tensor `name` (0 for LayerNorm and biases)."""
         return 0.0 if self.exclude(name) else self.weight_decay
 
-    def _check(self, grads: Params) -> None:
+    def _begin_step(self, grads: Params, lr: float | None) -> tuple[float, int]:
+        """Check that grads match params, count the step; return (this step's lr, the new step number t)."""
         if grads.keys() != self.params.keys():
             missing = sorted(self.params.keys() - grads.keys())
             extra = sorted(grads.keys() - self.params.keys())
             raise KeyError(f"grads do not match params: missing {missing[:3]}, unexpected {extra[:3]}")
+        self.step_count += 1
+        return (self.lr if lr is None else float(lr)), self.step_count
 
     def _update_moments(self, name: str, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m, v = self.exp_avg[name], self.exp_avg_sq[name]
@@ -136,10 +139,7 @@ class AdamW(_MomentOptimizer):
 
     def step(self, grads: Params, lr: float | None = None) -> None:
         """One update of every parameter in place; `lr` overrides self.lr (e.g. from a schedule)."""
-        self._check(grads)
-        lr = self.lr if lr is None else float(lr)
-        self.step_count += 1
-        t = self.step_count
+        lr, t = self._begin_step(grads, lr)
         bc1 = 1.0 - self.beta1 ** t
         bc2_sqrt = math.sqrt(1.0 - self.beta2 ** t)
         for name, w in self.params.items():
@@ -173,10 +173,7 @@ class Lamb(_MomentOptimizer):
 
     def step(self, grads: Params, lr: float | None = None) -> None:
         """One update of every parameter in place; `lr` overrides self.lr (e.g. from a schedule)."""
-        self._check(grads)
-        lr = self.lr if lr is None else float(lr)
-        self.step_count += 1
-        t = self.step_count
+        lr, t = self._begin_step(grads, lr)
         bc1 = 1.0 - self.beta1 ** t if self.bias_correction else 1.0
         bc2 = 1.0 - self.beta2 ** t if self.bias_correction else 1.0
         for name, w in self.params.items():

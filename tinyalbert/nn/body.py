@@ -81,7 +81,8 @@ def albert_body_forward(input_ids: np.ndarray, token_type_ids: np.ndarray, atten
     """
     embedded, embeddings_cache = embeddings_forward(input_ids, token_type_ids, sub(params, EMB), config.layer_norm_eps)
     key_mask = additive_key_mask(attention_mask, embedded.dtype.type)
-    hidden_states, attentions, encoder_cache = encoder_forward(embedded, key_mask, params, config, keep_cache=keep_cache,
+    hidden_states, attentions, encoder_cache = encoder_forward(embedded, key_mask, params, config,
+                                                               keep_cache=keep_cache,
                                                                output_attentions=output_attentions)
     return hidden_states, attentions, (embeddings_cache, encoder_cache, config.pad_token_id)
 

@@ -1,19 +1,63 @@
 """tinyalbert: ALBERT (albert-xxlarge-v2) in NumPy and Numba, every forward and backward written by hand.
 
 Start with `tinyalbert/nn/model.py`: the whole forward fits on one page.
+
+The public names, all reachable as `tinyalbert.<name>`:
+
+    load, save                    a weights file (HDF5) <-> a ready `Albert` model      (tinyalbert.weights)
+    bundled_model_path            the small model that ships with the package           (tinyalbert.predict)
+    fill_mask, fill_mask_batch    top-k completions of [MASK], as transformers' pipeline (tinyalbert.predict)
+    sentence_order                the SOP head's probabilities for two sentences        (tinyalbert.predict)
+    Tokenizer                     SentencePiece + ALBERT's clean-up                      (tinyalbert.tokenizer)
+    convert                       a Hugging Face checkpoint -> a weights file            (tinyalbert.convert)
+    AlbertConfig, PRESETS, init_params, param_shapes, count_params, Albert, ForwardOutput   (tinyalbert.nn)
+
+Each is imported on first use (PEP 562), so `import tinyalbert` stays cheap: Numba, h5py and
+SentencePiece load only when a name that needs them is touched.
 """
 import os as _os
+from importlib import import_module as _import_module
+from importlib.util import find_spec as _find_spec
 
 # Numba's OpenMP worker threads must sleep, not spin, once a kernel ends: on 2 cores a
 # spinning worker takes a core from the BLAS threads that run next (measured: a small
 # model's training step went from 2.4 s to 42 s).  libgomp reads this when it loads,
 # which is at the first parallel kernel, so it has to be set before that.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from .nn.config import AlbertConfig, PRESETS
-from .nn.params import init_params, param_shapes, count_params
-from .nn.model import Albert, ForwardOutput
 
 __version__ = "0.1.0"
 
-__all__ = ["AlbertConfig", "PRESETS", "init_params", "param_shapes", "count_params", "Albert", "ForwardOutput",
-           "__version__"]
+# public name -> the submodule that defines it.  `convert` is the submodule itself, which is callable
+# (see tinyalbert/convert.py): a package attribute cannot be both a submodule and a function.
+_LAZY_NAMES = {
+    "AlbertConfig": "nn.config", "PRESETS": "nn.config",
+    "init_params": "nn.params", "param_shapes": "nn.params", "count_params": "nn.params",
+    "Albert": "nn.model", "ForwardOutput": "nn.model",
+    "load": "weights", "save": "weights",
+    "Tokenizer": "tokenizer",
+    "fill_mask": "predict", "fill_mask_batch": "predict", "sentence_order": "predict",
+    "bundled_model_path": "predict",
+    "convert": "convert",
+}
+
+__all__ = [*_LAZY_NAMES, "__version__"]
+
+
+def __getattr__(name: str):
+    """Import the submodule behind a public name on first access, then keep the name in the package.
+
+    A submodule's own name works too (`tinyalbert.predict.PredictError` without importing it first).
+    """
+    if name in _LAZY_NAMES:
+        module = _import_module(f"{__name__}.{_LAZY_NAMES[name]}")
+        value = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
+    elif not name.startswith("_") and _find_spec(f"{__name__}.{name}") is not None:
+        value = _import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'tinyalbert' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

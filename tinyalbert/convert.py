@@ -3,6 +3,9 @@
     python -m tinyalbert.convert SRC OUT.h5 [--dtype float32|float16]
     python -m tinyalbert.convert [DIR] OUT.h5 --from-hub albert/albert-xxlarge-v2
 
+From Python, `tinyalbert.convert(SRC, OUT.h5)` does the same as the first command (the module is
+callable; `convert` below is the function it calls).
+
 SRC is a checkpoint directory, or the weights file inside one.  The directory must hold:
 
     config.json                            the model's hyper-parameters
@@ -30,6 +33,7 @@ import json
 import os
 import struct
 import sys
+import types
 
 import numpy as np
 
@@ -482,6 +486,23 @@ def main(argv: list[str] | None = None) -> int:
     size = os.path.getsize(out)
     print(f"wrote {out} ({size / 2**20:.1f} MiB, {args.dtype})")
     return 0
+
+
+class _CallableModule(types.ModuleType):
+    """The type of this module: calling it calls `convert`, so `tinyalbert.convert(src, out_path)` works.
+
+    A package attribute cannot be both a submodule and a function (importing the submodule rebinds the
+    name to the module), so the module itself is made callable; `tinyalbert.convert.ConvertError` and
+    the other names stay where they are.
+    """
+
+    def __call__(self, src: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "float32",
+                 progress: bool | None = None) -> str:
+        """Same as `tinyalbert.convert.convert(src, out_path, dtype, progress)`."""
+        return convert(src, out_path, dtype=dtype, progress=progress)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

@@ -16,12 +16,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .cli import report_unexpected
 from .nn.losses import log_softmax
+
+if TYPE_CHECKING:
+    from .nn.model import Albert
 
 BUNDLED_MODEL_NAME = "tinyalbert-mini.h5"
 
@@ -38,6 +41,14 @@ _FORWARD_KERNELS = (("kernels", "add_bias_"), ("layernorm", "_layernorm_forward_
                     ("activations", "_bias_gelu_inner_kernel"), ("activations", "_gelu_from_tanh_kernel"))
 
 
+def bundled_model_path() -> Path:
+    """The small ALBERT installed with the package; `tinyalbert.load(bundled_model_path())` opens it.
+
+    Its model card (size, training data, measurements) is weights/README.md in the repository.
+    """
+    return Path(__file__).resolve().parent / "data" / BUNDLED_MODEL_NAME
+
+
 def default_weights_path() -> Path:
     """$TINYALBERT_WEIGHTS if set, else weights/albert-xxlarge-v2.h5 if it exists, else the bundled model."""
     env = os.environ.get("TINYALBERT_WEIGHTS")
@@ -48,7 +59,7 @@ def default_weights_path() -> Path:
                       package_dir.parent / "weights" / "albert-xxlarge-v2.h5"):
         if candidate.exists():
             return candidate
-    return package_dir / "data" / BUNDLED_MODEL_NAME
+    return bundled_model_path()
 
 
 def _encode_checked(model, text: str) -> list[int]:
@@ -127,7 +138,7 @@ def _check_top_k_and_batch(top_k: int, batch_size: int) -> None:
         raise PredictError(f"batch_size must be at least 1, got {batch_size}")
 
 
-def fill_mask_batch(model, texts: Sequence[str], top_k: int = 5, batch_size: int = 8,
+def fill_mask_batch(model: Albert, texts: Sequence[str], top_k: int = 5, batch_size: int = 8,
                     progress: bool = False) -> list:
     """fill_mask for several texts, run in padded batches.  Returns one result per text.
 
@@ -138,7 +149,7 @@ def fill_mask_batch(model, texts: Sequence[str], top_k: int = 5, batch_size: int
     return _fill_mask_encoded(model, _encode_for_fill_mask(model, texts), top_k, batch_size, progress)
 
 
-def fill_mask(model, text: str, top_k: int = 5) -> list:
+def fill_mask(model: Albert, text: str, top_k: int = 5) -> list:
     """Top-k completions for each [MASK] in text, in the shape of the transformers fill-mask pipeline."""
     return fill_mask_batch(model, [text], top_k=top_k)[0]
 
@@ -165,7 +176,7 @@ def _sentence_order_encoded(model, ids: list[int], types: list[int]) -> dict[str
     return {"original_order": float(p[0]), "swapped": float(p[1])}
 
 
-def sentence_order(model, first: str, second: str) -> dict[str, float]:
+def sentence_order(model: Albert, first: str, second: str) -> dict[str, float]:
     """Probabilities that `second` follows `first` (label 0, original order) or precedes it (label 1, swapped)."""
     return _sentence_order_encoded(model, *_encode_for_sop(model, first, second))
 

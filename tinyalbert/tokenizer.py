@@ -13,8 +13,11 @@ Turning text into ids happens in four steps:
 
 Every step copies the reference slow `AlbertTokenizer` of transformers 4.57.6,
 quirks included, so this class gives the same ids as the one the published
-checkpoints were used with. The package never imports transformers; the tests
-compare the two.
+checkpoints were used with; the tests compare the two. Neither this module nor
+the model imports transformers or torch. The package imports them in two places
+only, lazily, on optional paths: `tinyalbert.convert` imports torch to read a
+pytorch_model.bin, and `tinyalbert.bench` imports torch and transformers for its
+PyTorch side.
 
 The SentencePiece model can come from a file or from its raw bytes. Weight
 files store the bytes, so a checkpoint carries its own vocabulary.

@@ -1,7 +1,7 @@
 """tinyalbert's own weights file: one HDF5 file holding the config, every parameter and the vocabulary.
 
     save(path, config, params, spiece_model_bytes=None, provenance=None, dtype=None)
-    load(path, dtype=np.float32)     -> tinyalbert.model.Albert (config, params, tokenizer, has_sop_head)
+    load(path, dtype=np.float32)     -> tinyalbert.nn.model.Albert (config, params, tokenizer, has_sop_head)
     load_params(path, dtype=None)    -> (config, params, spiece_bytes or None, attrs)
 
 The layout is described in full in docs/weights-format.md.  In short:
@@ -26,13 +26,16 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
 from .nn.config import AlbertConfig
 from .files import atomic_output
 from .nn.params import check_params, param_shapes, SOP_HEAD_KEYS
+
+if TYPE_CHECKING:
+    from .nn.model import Albert
 
 FORMAT = "tinyalbert-weights"
 FORMAT_VERSION = 1
@@ -272,10 +275,10 @@ class _Shape:
         self.shape = shape
 
 
-def load(path: str | os.PathLike, dtype: Any = np.float32, mmap: bool = True):
-    """Open a weights file as a ready model: `tinyalbert.model.Albert` with config, params and tokenizer.
+def load(path: str | os.PathLike, dtype: Any = np.float32, mmap: bool = True) -> Albert:
+    """Open a weights file as a ready model: `tinyalbert.Albert` with config, params and tokenizer.
 
-    The tokenizer is a `tinyalbert.tokenizer.Tokenizer` built from the embedded SentencePiece model,
+    The tokenizer is a `tinyalbert.Tokenizer` built from the embedded SentencePiece model,
     or None when the file has none.  Params are computed in `dtype` (float32 by default): a float32
     file is memory-mapped, a float16 file is converted to float32 eagerly (2x its size in memory).
     The model computes in float32 or float64 only; dtype=None means float32.

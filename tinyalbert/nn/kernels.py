@@ -1,16 +1,17 @@
-"""Small Numba kernels shared by several ops: bias add, residual add, column sums.
+"""Small kernels shared by several ops: bias add (`add_bias_`, `transpose_add_bias`), column sums
+(`column_sum_`) and C += A^T B through BLAS (`matmul_tn_accumulate_`).
 
-Every kernel here is compiled once per dtype (float32 and float64) and cached on
+Every Numba kernel here is compiled once per dtype (float32 and float64) and cached on
 disk (`cache=True`), so a second process starts without compiling.  Kernels
 compute in the dtype of their inputs: `x.dtype.type(c)` makes a constant of that
 dtype, so float32 work stays float32 without a copy of the code.
 
 Race-freedom: a `prange` loop may only write to memory that belongs to its own
-iteration.  Reductions over rows (bias gradients, LayerNorm weight gradients)
-therefore go through `column_sum`, which gives each of a fixed number of row
-blocks its own partial sum and adds the partials afterwards.  The number of
-blocks does not depend on the thread count, so results are bitwise
-reproducible on any machine.
+iteration.  Reductions over rows (bias gradients) therefore go through
+`column_sum_`, which gives each of a fixed number of row blocks its own partial
+sum and adds the partials afterwards (LayerNorm's weight gradients use the same
+scheme in layernorm.py).  The number of blocks does not depend on the thread
+count, so results are bitwise reproducible on any machine.
 """
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
     ids, tt, mask = prepare_inputs(config, input_ids, token_type_ids, attention_mask)      (B, T) each
     e          = LayerNorm(word[ids] + type[tt] + pos[0..T-1])       embeddings.py   (B, T, E)
     key_mask   = (1 - mask) * finfo(dtype).min                       softmax.py      (B, T)
-    h_0 .. h_L = Encoder(e, key_mask)                                encoder.py      L+1 arrays (B, T, H)
+    h_0 .. h_N = Encoder(e, key_mask)                                encoder.py      N+1 arrays (B, T, H)
+
+N is the number of layer applications: L (config.num_hidden_layers) unless `depth` says otherwise.
 
 Backward: d e = Encoder'(d h_L), then Embeddings'(d e).  Both accumulate (+=) into one gradient
 dict with the params' keys; the padding token's row of the word table receives no lookup gradient.
@@ -72,10 +74,12 @@ def prepare_inputs(config: AlbertConfig, input_ids, token_type_ids=None,
 
 def albert_body_forward(input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
                         params: Params, config: AlbertConfig, keep_cache: bool = True,
-                        output_attentions: bool = False) -> tuple[list[np.ndarray], list[np.ndarray] | None, tuple]:
+                        output_attentions: bool = False,
+                        depth: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray] | None, tuple]:
     """(B, T) ids, token type ids and mask, as prepare_inputs returns them  ->  (hidden_states, attentions, cache).
 
-    hidden_states: L+1 arrays (B, T, H), the projected embeddings and then each layer application's output.
+    hidden_states: N+1 arrays (B, T, H), the projected embeddings and then each layer application's output,
+    N = depth (an integer >= 1, else ValueError), default L.
     attentions: one (B, NH, T, T) per layer run when output_attentions, else None.
     keep_cache=False (inference) frees each layer's activations as soon as the next one has used them.
     """
@@ -83,7 +87,8 @@ def albert_body_forward(input_ids: np.ndarray, token_type_ids: np.ndarray, atten
     key_mask = additive_key_mask(attention_mask, embedded.dtype.type)
     hidden_states, attentions, encoder_cache = encoder_forward(embedded, key_mask, params, config,
                                                                keep_cache=keep_cache,
-                                                               output_attentions=output_attentions)
+                                                               output_attentions=output_attentions,
+                                                               depth=depth)
     return hidden_states, attentions, (embeddings_cache, encoder_cache, config.pad_token_id)
 
 

@@ -75,9 +75,15 @@ class AlbertConfig:
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    def group_of_application(self, i: int) -> int:
-        """Which layer group the i-th of the L applications uses (the reference's `int(i / (L / G))`)."""
-        return int(i / (self.num_hidden_layers / self.num_hidden_groups))
+    def group_of_application(self, i: int, depth: int | None = None) -> int:
+        """Which layer group the i-th of the L applications uses (the reference's `int(i / (L / G))`).
+
+        depth: run N applications instead of L (inference at another depth): the same rule with
+        N in place of L, `int(i / (N / G))`, which is what the reference computes with
+        num_hidden_layers = N.  N need not be a multiple of G; with N < G some groups go unused.
+        """
+        applications = self.num_hidden_layers if depth is None else depth
+        return int(i / (applications / self.num_hidden_groups))
 
     # ---- config.json --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -5,6 +5,9 @@
     h_i    = AlbertLayer(h_{i-1}),  i = 1..L, one shared weight set   layer.py        (B, T, H)
     mlm    = LayerNorm(gelu(h_L Wd^T + bd)) Wword^T + b               heads.py        (B, T, V)
     pooled = tanh(h_L[:, 0] Wp^T + bp);   sop = pooled Ws^T + bs      heads.py        (B, 2)
+
+At inference `forward(..., depth=N)` applies the shared layer N times instead of L, and the heads
+read h_N; `mlm_head(h_i)` is the MLM head on any hidden state (the logit lens).
     loss   = CE(mlm at labelled positions) + CE(sop)                  losses.py
 
 The first three lines are the body (body.py, which also checks the inputs); the
@@ -22,6 +25,7 @@ import numpy as np
 
 from .body import albert_body_backward, albert_body_forward, prepare_inputs
 from .config import AlbertConfig
+from .encoder import check_depth
 from .heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward, sop_head_backward,
                     sop_head_forward)
 from .losses import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
@@ -36,7 +40,7 @@ class ForwardOutput:
     mlm_logits: np.ndarray                      # (B, T, V)
     sop_logits: np.ndarray | None               # (B, 2), None without the SOP head
     pooled: np.ndarray | None                   # (B, H), None without the SOP head
-    hidden_states: list[np.ndarray]             # L+1 arrays (B, T, H): projected embeddings, then each application
+    hidden_states: list[np.ndarray]             # N+1 arrays (B, T, H): projected embeddings, then each application
     attentions: list[np.ndarray] | None         # one (B, NH, T, T) per layer application, if asked for
 
     @property
@@ -65,20 +69,36 @@ class Albert:
 
     # ---- forward ---------------------------------------------------------------------------------------
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
-                output_attentions: bool = False) -> ForwardOutput:
-        """input_ids (B, T) -> ForwardOutput with MLM logits at every position and SOP logits."""
+                output_attentions: bool = False, depth: int | None = None) -> ForwardOutput:
+        """input_ids (B, T) -> ForwardOutput with MLM logits at every position and SOP logits.
+
+        depth: apply the shared layer N = depth times instead of L (an integer >= 1, else ValueError);
+        hidden_states then holds N+1 arrays and the heads read the N-th application's output.
+        None runs L applications, exactly the default computation.
+        """
         ids, tt, mask = prepare_inputs(self.config, input_ids, token_type_ids, attention_mask)
-        c, p = self.config, self.params
-        hidden_states, attentions, _ = albert_body_forward(ids, tt, mask, p, c, keep_cache=False,
-                                                           output_attentions=output_attentions)
+        check_depth(depth)          # a bad depth fails before any work
+        p = self.params
+        hidden_states, attentions, _ = albert_body_forward(ids, tt, mask, p, self.config, keep_cache=False,
+                                                           output_attentions=output_attentions, depth=depth)
         last = hidden_states[-1]
-        mlm_logits, _ = mlm_head_forward(last, sub(p, MLM), p[EMB + "word_embeddings.weight"], c.layer_norm_eps,
-                                         c.hidden_act)
+        mlm_logits = self.mlm_head(last)
         pooled = sop_logits = None
         if self.has_sop_head:
             pooled, _ = pooler_forward(last, p[POOLER + "weight"], p[POOLER + "bias"])
             sop_logits, _ = sop_head_forward(pooled, p[SOP + "weight"], p[SOP + "bias"])
         return ForwardOutput(mlm_logits, sop_logits, pooled, hidden_states, attentions)
+
+    def mlm_head(self, hidden: np.ndarray) -> np.ndarray:
+        """hidden: (..., H), any hidden state  ->  MLM logits (..., V), with no cache kept.
+
+        forward's mlm_logits are this applied to the last hidden state; applied to hidden_states[i]
+        it reads out what the model would predict after i applications (the logit lens).
+        """
+        c, p = self.config, self.params
+        logits, _ = mlm_head_forward(hidden, sub(p, MLM), p[EMB + "word_embeddings.weight"], c.layer_norm_eps,
+                                     c.hidden_act)
+        return logits
 
     # ---- forward + backward ----------------------------------------------------------------------------
     def loss_and_grads(self, input_ids, token_type_ids, attention_mask, mlm_labels,

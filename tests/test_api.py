@@ -13,7 +13,7 @@ import pytest
 import tinyalbert
 
 PACKAGE_ROOT = str(Path(tinyalbert.__file__).resolve().parent.parent)
-PROMISED = {"load", "save", "Tokenizer", "fill_mask", "fill_mask_batch", "sentence_order", "convert",
+PROMISED = {"load", "save", "Tokenizer", "fill_mask", "fill_mask_batch", "sentence_order", "logit_lens", "convert",
             "bundled_model_path", "AlbertConfig", "PRESETS", "init_params", "param_shapes", "count_params",
             "Albert", "ForwardOutput", "__version__"}
 

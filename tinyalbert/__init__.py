@@ -8,6 +8,7 @@ The public names, all reachable as `tinyalbert.<name>`:
     bundled_model_path            the small model that ships with the package           (tinyalbert.predict)
     fill_mask, fill_mask_batch    top-k completions of [MASK], as transformers' pipeline (tinyalbert.predict)
     sentence_order                the SOP head's probabilities for two sentences        (tinyalbert.predict)
+    logit_lens                    fill_mask read after every application of the layer   (tinyalbert.predict)
     Tokenizer                     SentencePiece + ALBERT's clean-up                      (tinyalbert.tokenizer)
     convert                       a Hugging Face checkpoint -> a weights file            (tinyalbert.convert)
     AlbertConfig, PRESETS, init_params, param_shapes, count_params, Albert, ForwardOutput   (tinyalbert.nn)
@@ -35,7 +36,7 @@ _LAZY_NAMES = {
     "Albert": "nn.model", "ForwardOutput": "nn.model",
     "load": "weights", "save": "weights",
     "Tokenizer": "tokenizer",
-    "fill_mask": "predict", "fill_mask_batch": "predict", "sentence_order": "predict",
+    "fill_mask": "predict", "fill_mask_batch": "predict", "sentence_order": "predict", "logit_lens": "predict",
     "bundled_model_path": "predict",
     "convert": "convert",
 }

@@ -4,10 +4,13 @@
     python -m tinyalbert.predict --top-k 3 --json "Paris is the [MASK] of France."
     python -m tinyalbert.predict --sop "He opened the door." "Then he walked in."
     python -m tinyalbert.predict --file sentences.txt      # one input per line ('-' reads stdin)
+    python -m tinyalbert.predict --depth 6 "Paris is the [MASK] of France."   # the shared layer 6 times
+    python -m tinyalbert.predict --lens "Paris is the [MASK] of France."      # the top-k after every application
 
 `fill_mask` returns what the transformers fill-mask pipeline returns: for one
 [MASK] a list of {"score", "token", "token_str", "sequence"}, for several
 [MASK]s a list of such lists (each mask scored on its own, the others left as [MASK]).
+`logit_lens` returns one such result per depth: the MLM head read from every hidden state.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .cli import report_unexpected
+from .nn.encoder import check_depth
 from .nn.losses import log_softmax
 
 if TYPE_CHECKING:
@@ -111,9 +115,11 @@ def _encode_for_fill_mask(model, texts: Sequence[str]) -> list[list[int]]:
     return encoded
 
 
-def _fill_mask_encoded(model, encoded: list[list[int]], top_k: int, batch_size: int, progress: bool) -> list:
+def _fill_mask_encoded(model, encoded: list[list[int]], top_k: int, batch_size: int, progress: bool,
+                       depth: int | None = None, lens: bool = False) -> list:
+    """One fill-mask result per text; with lens, per text a list of results, one per hidden state."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))   # similar lengths pad less
-    results: list = [None] * len(encoded)
+    predictions: list[list] = [[] for _ in encoded]
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if progress and len(batches) > 1:
         from tqdm import tqdm
@@ -125,10 +131,14 @@ def _fill_mask_encoded(model, encoded: list[list[int]], top_k: int, batch_size: 
         for row, i in enumerate(batch):
             input_ids[row, :len(encoded[i])] = encoded[i]
             attention_mask[row, :len(encoded[i])] = 1
-        logits = model.forward(input_ids, attention_mask=attention_mask).mlm_logits
-        for row, i in enumerate(batch):
-            results[i] = _predict_masks(model, encoded[i], logits[row, :len(encoded[i])], top_k)
-    return results
+        out = model.forward(input_ids, attention_mask=attention_mask, depth=depth)
+        # the lens reads every hidden state through the MLM head, one at a time (each is (B, T, V));
+        # the last of them is computed exactly as out.mlm_logits
+        readouts = (model.mlm_head(hidden) for hidden in out.hidden_states) if lens else [out.mlm_logits]
+        for logits in readouts:
+            for row, i in enumerate(batch):
+                predictions[i].append(_predict_masks(model, encoded[i], logits[row, :len(encoded[i])], top_k))
+    return predictions if lens else [per_text[0] for per_text in predictions]
 
 
 def _check_top_k_and_batch(top_k: int, batch_size: int) -> None:
@@ -138,20 +148,43 @@ def _check_top_k_and_batch(top_k: int, batch_size: int) -> None:
         raise PredictError(f"batch_size must be at least 1, got {batch_size}")
 
 
+def _check_depth(depth: int | None) -> None:
+    try:
+        check_depth(depth)
+    except ValueError as e:
+        raise PredictError(str(e)) from None
+
+
 def fill_mask_batch(model: Albert, texts: Sequence[str], top_k: int = 5, batch_size: int = 8,
-                    progress: bool = False) -> list:
+                    progress: bool = False, depth: int | None = None) -> list:
     """fill_mask for several texts, run in padded batches.  Returns one result per text.
 
     Padding never changes a result: padded keys are masked out of attention, and each text's
     predictions are read from its own (unpadded) positions.
     """
     _check_top_k_and_batch(top_k, batch_size)
-    return _fill_mask_encoded(model, _encode_for_fill_mask(model, texts), top_k, batch_size, progress)
+    _check_depth(depth)
+    return _fill_mask_encoded(model, _encode_for_fill_mask(model, texts), top_k, batch_size, progress, depth)
 
 
-def fill_mask(model: Albert, text: str, top_k: int = 5) -> list:
-    """Top-k completions for each [MASK] in text, in the shape of the transformers fill-mask pipeline."""
-    return fill_mask_batch(model, [text], top_k=top_k)[0]
+def fill_mask(model: Albert, text: str, top_k: int = 5, depth: int | None = None) -> list:
+    """Top-k completions for each [MASK] in text, in the shape of the transformers fill-mask pipeline.
+
+    depth: apply the shared layer this many times instead of the model's L (an integer >= 1).
+    """
+    return fill_mask_batch(model, [text], top_k=top_k, depth=depth)[0]
+
+
+def logit_lens(model: Albert, text: str, top_k: int = 5, depth: int | None = None) -> list:
+    """The logit lens: fill_mask's result read from every hidden state, not only the last one.
+
+    Returns N+1 fill-mask results (N = depth, default the model's L).  Element i is the MLM head applied
+    to hidden_states[i]: i = 0 reads the projected embeddings, before any layer; i = 1..N read the output
+    of the i-th application of the shared layer.  The last element is fill_mask(model, text, top_k, depth).
+    """
+    _check_top_k_and_batch(top_k, batch_size=1)
+    _check_depth(depth)
+    return _fill_mask_encoded(model, _encode_for_fill_mask(model, [text]), top_k, 1, False, depth, lens=True)[0]
 
 
 def _encode_for_sop(model, first: str, second: str) -> tuple[list[int], list[int]]:
@@ -170,15 +203,19 @@ def _encode_for_sop(model, first: str, second: str) -> tuple[list[int], list[int
     return ids, types
 
 
-def _sentence_order_encoded(model, ids: list[int], types: list[int]) -> dict[str, float]:
-    out = model.forward(np.asarray([ids]), token_type_ids=np.asarray([types]))
+def _sentence_order_encoded(model, ids: list[int], types: list[int], depth: int | None = None) -> dict[str, float]:
+    out = model.forward(np.asarray([ids]), token_type_ids=np.asarray([types]), depth=depth)
     p = np.exp(log_softmax(out.sop_logits[0].astype(np.float64)))
     return {"original_order": float(p[0]), "swapped": float(p[1])}
 
 
-def sentence_order(model: Albert, first: str, second: str) -> dict[str, float]:
-    """Probabilities that `second` follows `first` (label 0, original order) or precedes it (label 1, swapped)."""
-    return _sentence_order_encoded(model, *_encode_for_sop(model, first, second))
+def sentence_order(model: Albert, first: str, second: str, depth: int | None = None) -> dict[str, float]:
+    """Probabilities that `second` follows `first` (label 0, original order) or precedes it (label 1, swapped).
+
+    depth: apply the shared layer this many times instead of the model's L (an integer >= 1).
+    """
+    _check_depth(depth)
+    return _sentence_order_encoded(model, *_encode_for_sop(model, first, second), depth)
 
 
 def _numba_cache_is_cold() -> bool:
@@ -202,18 +239,51 @@ def _numba_cache_is_cold() -> bool:
         return False
 
 
-def _format_results(text: str, result: list, show_tokens: bool, model) -> str:
+def _input_header(text: str, show_tokens: bool, model, depth: int | None) -> list[str]:
     lines = [f"input: {text}"]
     if show_tokens:
         ids = model.tokenizer.encode(text)
         pieces = model.tokenizer.convert_ids_to_tokens(ids)
         lines.append("tokens: " + " ".join(f"{p}({i})" for p, i in zip(pieces, ids)))
-    per_mask = [result] if result and isinstance(result[0], dict) else result
+    if depth is not None:
+        lines.append(f"depth: the shared layer applied {depth} times (this model's own depth: "
+                     f"{model.config.num_hidden_layers})")
+    return lines
+
+
+def _per_mask(result: list) -> list[list[dict]]:
+    """A fill-mask result as one option list per [MASK] (one mask gives a flat list)."""
+    return [result] if result and isinstance(result[0], dict) else result
+
+
+def _format_results(text: str, result: list, show_tokens: bool, model, depth: int | None = None) -> str:
+    lines = _input_header(text, show_tokens, model, depth)
+    per_mask = _per_mask(result)
     for m, options in enumerate(per_mask):
         if len(per_mask) > 1:
             lines.append(f"[MASK] #{m + 1}:")
         for o in options:
             lines.append(f"  {o['score']:.4f}  {o['token']:>6}  {o['token_str']:<15}  {o['sequence']}")
+    return "\n".join(lines)
+
+
+def _format_lens(text: str, lens: list, show_tokens: bool, model, depth: int | None = None) -> str:
+    """The logit lens as one table per [MASK]: a row per depth, a column per rank, cells `token score`."""
+    lines = _input_header(text, show_tokens, model, depth)
+    lines.append("logit lens, the MLM head after each application "
+                 "(depth 0: the projected embeddings, before any layer)")
+    per_depth = [_per_mask(result) for result in lens]           # [depth][mask][rank]
+    masks = len(per_depth[0])
+    for m in range(masks):
+        if masks > 1:
+            lines.append(f"[MASK] #{m + 1}:")
+        cells = [[f"{o['token_str'] if o['token_str'].strip() else repr(o['token_str'])} {o['score']:.4f}"
+                  for o in by_mask[m]] for by_mask in per_depth]
+        header = [f"top {rank + 1}" for rank in range(len(cells[0]))]
+        widths = [max(len(column_cell) for column_cell in column) for column in zip(header, *cells)]
+        lines.append("  depth  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+        for d, row in enumerate(cells):
+            lines.append(f"  {d:>5}  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
 
 
@@ -253,6 +323,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="sentence-order prediction for two sentences")
     parser.add_argument("--show-tokens", action="store_true", help="also print the SentencePiece pieces and ids")
     parser.add_argument("--batch-size", type=int, default=8, help="inputs per forward pass (default 8)")
+    parser.add_argument("--depth", type=int, metavar="N",
+                        help="apply the shared layer N times (N >= 1) instead of the model's own number L: "
+                             "the weights are shared, so any depth runs, although the model was trained at L. "
+                             "With several layer groups, application i uses group int(i / (N / G)). "
+                             "Applies to --sop too")
+    parser.add_argument("--lens", action="store_true",
+                        help="logit lens: the top-k for each [MASK] after every application of the shared layer "
+                             "(depth 0: the projected embeddings, before any layer), as a table with one row "
+                             "per depth; with --json, a list of fill-mask results whose element i is depth i")
     args = parser.parse_args(argv)
 
     from .weights import WeightsError, load
@@ -260,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = list(args.texts)
     try:
         _check_top_k_and_batch(args.top_k, args.batch_size)
+        _check_depth(args.depth)
         if args.file:
             if args.file == "-":
                 texts += _read_lines(sys.stdin)
@@ -271,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                 texts = _read_lines(sys.stdin)
             if not texts:
                 raise PredictError("no input: give a text with [MASK], --file, or --sop FIRST SECOND")
+        if args.lens and not texts:
+            raise PredictError("--lens reads the masked-LM head at every depth: give a text with [MASK] "
+                               "(it does not apply to --sop)")
         model = load(_resolve_weights(args.weights))
         # Check every input before computing anything: a bad one fails fast, with one line.
         sop_inputs = _encode_for_sop(model, *args.sop) if args.sop else None
@@ -278,17 +361,20 @@ def main(argv: list[str] | None = None) -> int:
         if _numba_cache_is_cold():
             print("note: first run, compiling the Numba kernels (cached for next time)...", file=sys.stderr)
         if sop_inputs is not None:
-            result = _sentence_order_encoded(model, *sop_inputs)
+            result = _sentence_order_encoded(model, *sop_inputs, args.depth)
             if args.json:
                 print(json.dumps(result, indent=2))
             else:
                 print(f"P(original order) = {result['original_order']:.4f}   P(swapped) = {result['swapped']:.4f}")
         if texts:
-            results = _fill_mask_encoded(model, encoded, args.top_k, args.batch_size, progress=True)
+            results = _fill_mask_encoded(model, encoded, args.top_k, args.batch_size, progress=True,
+                                         depth=args.depth, lens=args.lens)
             if args.json:
                 print(json.dumps(results if len(results) > 1 else results[0], indent=2, ensure_ascii=False))
             else:
-                print("\n\n".join(_format_results(t, r, args.show_tokens, model) for t, r in zip(texts, results)))
+                formatter = _format_lens if args.lens else _format_results
+                print("\n\n".join(formatter(t, r, args.show_tokens, model, args.depth)
+                                   for t, r in zip(texts, results)))
     except (PredictError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

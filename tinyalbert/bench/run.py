@@ -89,7 +89,7 @@ class Run:
         machine["loadavg_end"] = [round(x, 2) for x in psutil.getloadavg()]
         options = {**vars(self.args), "repeats": self.repeats, "xxlarge_repeats": self.xrepeats,
                    "attn": self.attns, "process_repeats": self.sub_repeats, "process_warmup": self.sub_warmup}
-        result = {"schema": "tinyalbert-bench/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        result = {"schema": "tinyalbert-bench/2", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "wall_s": time.time() - self.started, "options": options, "machine": machine,
                   "models": {"xxlarge": self.xxl.to_dict(), "bundled": self.bundled.to_dict()},
                   "numpy_matmul_gflops": self.np_rates, "lines": self.lines, "errors": self.errors, "notes": self.notes}

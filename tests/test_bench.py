@@ -63,7 +63,7 @@ def test_bench_smoke_writes_every_line(tmp_path):
 
 
 def test_step_worker_failure_names_the_worker_and_the_error(tmp_path):
-    body = 'raise FileNotFoundError("no weights file at /nowhere/model.h5")\n'
-    with pytest.raises(RuntimeError, match=r"broken-side worker failed \(exit 1\): FileNotFoundError: "
-                                           r"no weights file at /nowhere/model.h5"):
-        StepWorker("broken-side", body, {}, tmp_path)
+    spec = {"side": "tinyalbert", "path": "/nowhere/model.h5", "batch": 1, "seq": 8, "threads": 1}
+    with pytest.raises(RuntimeError, match=r"broken-side worker failed \(exit 1\): \S*WeightsError: "
+                                           r"weights file not found: /nowhere/model.h5"):
+        StepWorker("broken-side", spec, tmp_path)

@@ -32,9 +32,11 @@ ROOT = _find_root()
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tinyalbert.data import SAMPLE_CORPUS as CORPUS  # noqa: E402  (importable once ROOT is on sys.path)
-from tinyalbert.tokenizer import ALBERT_VOCAB as VOCAB_30K  # noqa: E402
+from tinyalbert.data import SAMPLE_CORPUS  # noqa: E402  (importable once ROOT is on sys.path)
+from tinyalbert.tokenizer import ALBERT_VOCAB  # noqa: E402
 
+VOCAB_30K = ALBERT_VOCAB
+CORPUS = SAMPLE_CORPUS
 XXLARGE = ROOT / "weights" / "albert-xxlarge-v2.h5"
 
 

@@ -4,7 +4,6 @@ The genuine ALBERT vocabulary is bundled with the package (tinyalbert/data/30k-c
 """
 import io
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest

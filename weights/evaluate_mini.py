@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     model = load(args.weights)
-    data = PretrainingData(recipe_sources(args.corpus), model.tokenizer, cache_dir=args.cache_dir, max_seq_length=128, seed=0,
-                           progress=False)
+    data = PretrainingData(recipe_sources(args.corpus), model.tokenizer, cache_dir=args.cache_dir, max_seq_length=128,
+                           seed=0, progress=False)
     # the baseline's token: the most frequent label in training batches the model never scores here
     counts: Counter = Counter()
     for step in range(200):

@@ -1,12 +1,13 @@
-"""Shared set-up for the teaching notebooks: where the repository, the shared data and the weights are.
+"""Common set-up for the teaching notebooks: where the repository, the data and the weights are.
 
 Every notebook starts with `import nbsetup`.  It finds the repository root (the folder holding
 `tinyalbert/`), puts it on sys.path so that `import tinyalbert` works without installing, and names
 the files the notebooks read:
 
     ROOT        the repository root
-    VOCAB_30K   ../shared/albert/30k-clean.model, the genuine ALBERT vocabulary (read in place, never copied)
-    CORPUS      ../shared/corpus, the English text the bundled model was trained on
+    VOCAB_30K   the genuine ALBERT vocabulary, installed with the package (tinyalbert.tokenizer.ALBERT_VOCAB)
+    CORPUS      the 2.5 MB corpus sample installed with the package (tinyalbert.data.SAMPLE_CORPUS): whole
+                stories and articles, and the openings of books, from each source of the bundled model's corpus
     XXLARGE     weights/albert-xxlarge-v2.h5, present only if you converted it (see README.md)
     weights_path()  the model the notebooks study: $TINYALBERT_WEIGHTS if set, else the bundled small model
     one_thread()    a context manager for gradient checks (many calls on tiny arrays): one BLAS and Numba thread
@@ -31,9 +32,11 @@ ROOT = _find_root()
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared"
-VOCAB_30K = SHARED / "albert" / "30k-clean.model"
-CORPUS = SHARED / "corpus"
+from tinyalbert.data import SAMPLE_CORPUS  # noqa: E402  (importable once ROOT is on sys.path)
+from tinyalbert.tokenizer import ALBERT_VOCAB  # noqa: E402
+
+VOCAB_30K = ALBERT_VOCAB
+CORPUS = SAMPLE_CORPUS
 XXLARGE = ROOT / "weights" / "albert-xxlarge-v2.h5"
 
 

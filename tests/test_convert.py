@@ -21,8 +21,8 @@ import transformers
 import tinyalbert
 from tinyalbert import convert as conv
 from tinyalbert import weights
+from tinyalbert.tokenizer import ALBERT_VOCAB
 
-SPIECE = Path(__file__).resolve().parents[2] / "shared" / "albert" / "30k-clean.model"
 PACKAGE_ROOT = str(Path(tinyalbert.__file__).parent.parent)
 TIED = ("predictions.decoder.weight", "predictions.decoder.bias")
 
@@ -80,7 +80,7 @@ def checkpoint_dir(root: Path, name: str, config: transformers.AlbertConfig) -> 
     d = root / name
     d.mkdir()
     config.to_json_file(d / "config.json")
-    shutil.copy(SPIECE, d / "spiece.model")
+    shutil.copy(ALBERT_VOCAB, d / "spiece.model")
     return d
 
 
@@ -96,7 +96,7 @@ def models(tmp_path_factory):
         for fmt, safe in (("st", True), ("bin", False)):
             d = root / f"{cls.__name__}-{fmt}"
             model.save_pretrained(d, safe_serialization=safe)
-            shutil.copy(SPIECE, d / "spiece.model")
+            shutil.copy(ALBERT_VOCAB, d / "spiece.model")
             out[cls.__name__, fmt] = d
         out[cls.__name__] = hf_state(model)
     out["root"] = root
@@ -112,7 +112,7 @@ def check_converted(path: Path, state: dict[str, np.ndarray], dtype=np.float32) 
         want = value.astype(dtype)
         assert params[name].dtype == dtype, name
         assert params[name].tobytes() == want.tobytes(), f"{name} is not bit-identical"
-    assert spiece == SPIECE.read_bytes()
+    assert spiece == ALBERT_VOCAB.read_bytes()
     assert config.hidden_size == 16 and config.vocab_size == 30000
     assert attrs["has_sop_head"] == ("sop_classifier.classifier.weight" in state)
 

@@ -1,7 +1,6 @@
 """tinyalbert.data (and the vocabulary trainer): text reading, caching, SOP pairs, n-gram masking, batches."""
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,8 @@ from tinyalbert import vocab
 from tinyalbert.data import (PretrainingData, Source, TokenCache, build_token_cache, candidate_units,
                              make_sentence_pair, mask_tokens, read_documents, sample_ngram_spans,
                              split_sentences, truncate_seq_pair)
-from tinyalbert.tokenizer import Tokenizer
+from tinyalbert.tokenizer import ALBERT_VOCAB, Tokenizer
 
-SPIECE = Path(__file__).resolve().parents[2] / "shared" / "albert" / "30k-clean.model"
 SPECIAL = (0, 1, 2, 3, 4)
 CLS, SEP, MASK = 2, 3, 4
 
@@ -32,7 +30,7 @@ def fake_paragraph(rng):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return Tokenizer(SPIECE)
+    return Tokenizer(ALBERT_VOCAB)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ from tinyalbert import AlbertConfig, init_params
 from tinyalbert.classifier import (AlbertClassifier, classification_head_backward, classification_head_forward,
                                    classifier_param_shapes, init_classifier_params, load_classifier,
                                    save_classifier)
+from tinyalbert.data import SAMPLE_CORPUS
 from tinyalbert.finetune import build_source_task, evaluate, fine_tune, main, pad_batch
 from tinyalbert.nn.gradcheck import numerical_gradient, numerical_gradient_of_output, rel_error
 from tinyalbert.nn.model import Albert
+from tinyalbert.tokenizer import ALBERT_VOCAB
 from tinyalbert.weights import save
 
 ROOT = Path(__file__).resolve().parents[1]
-VOCAB = ROOT.parent / "shared" / "albert" / "30k-clean.model"
-CORPUS = ROOT.parent / "shared" / "corpus"
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
@@ -163,7 +163,7 @@ def test_save_and_load_round_trip(tmp_path):
     from tinyalbert.tokenizer import Tokenizer
 
     config = tiny_config(vocab_size=30000)
-    model = Albert(config, init_params(config, seed=0), tokenizer=Tokenizer(VOCAB))
+    model = Albert(config, init_params(config, seed=0), tokenizer=Tokenizer(ALBERT_VOCAB))
     clf = AlbertClassifier.from_pretrained(model, ["a", "b", "c"])
     path = save_classifier(tmp_path / "clf.h5", clf, provenance={"test": True})
     again = load_classifier(path)
@@ -175,7 +175,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_source_task_is_split_by_document():
-    train, test = build_source_task(CORPUS, ["tinystories", "gutenberg", "onestopenglish"], train_per_class=40,
+    train, test = build_source_task(SAMPLE_CORPUS, ["tinystories", "gutenberg", "onestopenglish"], train_per_class=40,
                                     test_per_class=20, seed=3)
     assert train.label_names == test.label_names == ["tinystories", "gutenberg", "onestopenglish"]
     assert set(train.documents).isdisjoint(test.documents)
@@ -187,7 +187,7 @@ def test_source_task_is_split_by_document():
         return {doc.split("#")[1] for doc in d.documents if doc.startswith("onestopenglish")}
     assert articles(train).isdisjoint(articles(test))
     from tinyalbert.finetune import _authors
-    authors = _authors(CORPUS / "gutenberg")
+    authors = _authors(SAMPLE_CORPUS / "gutenberg")
 
     def writers(d):
         return {authors[doc.split("/")[1].split("#")[0] + ".txt"] for doc in d.documents if doc.startswith("gutenberg")}
@@ -199,7 +199,7 @@ def test_source_task_is_split_by_document():
 def tiny_weights(tmp_path_factory) -> Path:
     config = tiny_config(vocab_size=30000, max_position_embeddings=64)
     path = tmp_path_factory.mktemp("weights") / "tiny.h5"
-    save(path, config, init_params(config, seed=0), spiece_model_bytes=VOCAB.read_bytes())
+    save(path, config, init_params(config, seed=0), spiece_model_bytes=ALBERT_VOCAB.read_bytes())
     return path
 
 

@@ -40,13 +40,12 @@ def weights(tmp_path_factory) -> Path:
     if bundled.exists():
         return bundled
     from tinyalbert import AlbertConfig, init_params
+    from tinyalbert.tokenizer import ALBERT_VOCAB, Tokenizer
     from tinyalbert.weights import save
 
     vocab = ROOT / "runs" / "mini" / "spiece.model"
     if not vocab.exists():
-        vocab = ROOT.parent / "shared" / "albert" / "30k-clean.model"
-    from tinyalbert.tokenizer import Tokenizer
-
+        vocab = ALBERT_VOCAB
     config = AlbertConfig(vocab_size=Tokenizer(vocab).vocab_size, embedding_size=128, hidden_size=256,
                           num_attention_heads=4, intermediate_size=1024, num_hidden_layers=6)
     path = tmp_path_factory.mktemp("weights") / "stand-in-mini.h5"

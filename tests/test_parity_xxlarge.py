@@ -49,8 +49,8 @@ from transformers import AlbertTokenizer
 import tinyalbert
 from tinyalbert import weights
 from tinyalbert.predict import fill_mask_batch
+from tinyalbert.tokenizer import ALBERT_VOCAB
 
-SPIECE = Path(__file__).resolve().parents[1].parent / "shared/albert/30k-clean.model"
 PACKAGE_ROOT = str(Path(tinyalbert.__file__).resolve().parent.parent)
 TIED = {"predictions.decoder.weight": "albert.embeddings.word_embeddings.weight",
         "predictions.decoder.bias": "predictions.bias"}
@@ -96,7 +96,7 @@ def _bit_mismatches(path: Path, state: dict[str, torch.Tensor]) -> list[str]:
         if dup in state and target in params and not np.array_equal(params[target].view(np.uint32),
                                                                      state[dup].detach().numpy().view(np.uint32)):
             problems.append(f"{dup} (tied to {target})")
-    if spiece != SPIECE.read_bytes():
+    if spiece != ALBERT_VOCAB.read_bytes():
         problems.append("spiece_model")
     del params
     gc.collect()                        # drop the memory map before the next file
@@ -143,13 +143,13 @@ def parity(tmp_path_factory):
         dirs = {"safetensors": root / "hf-safetensors", "bin": root / "hf-bin"}
         for fmt, d in dirs.items():
             model.save_pretrained(d, safe_serialization=(fmt == "safetensors"))
-            shutil.copy(SPIECE, d / "spiece.model")
+            shutil.copy(ALBERT_VOCAB, d / "spiece.model")
         assert (dirs["safetensors"] / "model.safetensors").is_file()
         assert (dirs["bin"] / "pytorch_model.bin").is_file()
         lap("save_pretrained x2")
 
         # ---- reference outputs -------------------------------------------------------------------
-        tok = AlbertTokenizer(vocab_file=str(SPIECE))
+        tok = AlbertTokenizer(vocab_file=str(ALBERT_VOCAB))
         enc = tok(SENTENCES, padding=True, return_tensors="pt")
         lengths = enc["attention_mask"].sum(1).tolist()
         assert max(lengths) <= MAX_TOKENS, lengths

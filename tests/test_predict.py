@@ -31,8 +31,8 @@ import tinyalbert
 from tinyalbert import predict, weights
 from tinyalbert.convert import convert
 from tinyalbert.predict import PredictError, fill_mask, fill_mask_batch, sentence_order
+from tinyalbert.tokenizer import ALBERT_VOCAB
 
-SPIECE = Path(__file__).resolve().parents[1].parent / "shared/albert/30k-clean.model"
 PACKAGE_ROOT = str(Path(tinyalbert.__file__).resolve().parent.parent)
 SCORE_TOL = 1e-5
 # The CLI runs in another process, whose BLAS may use another thread count than this one (a test that
@@ -87,13 +87,13 @@ def ckpt(tmp_path_factory):
         _shape_head(model)
         d = root / f"hf-{kind}"
         model.save_pretrained(d, safe_serialization=True)
-        shutil.copy(SPIECE, d / "spiece.model")
+        shutil.copy(ALBERT_VOCAB, d / "spiece.model")
         h5 = root / f"{kind}.h5"
         convert(d, h5, progress=False)
         out[kind] = model
         out[f"{kind}_dir"] = d
         out[f"{kind}_h5"] = h5
-    out["ref_tok"] = AlbertTokenizer(vocab_file=str(SPIECE))
+    out["ref_tok"] = AlbertTokenizer(vocab_file=str(ALBERT_VOCAB))
     out["pipe"] = transformers.pipeline("fill-mask", model=out["mlm"], tokenizer=out["ref_tok"], framework="pt",
                                         device="cpu")
     return out

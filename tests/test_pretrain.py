@@ -10,9 +10,8 @@ import pytest
 
 from tinyalbert import pretrain
 from tinyalbert.nn.params import sinusoidal_positions
+from tinyalbert.tokenizer import ALBERT_VOCAB
 from tinyalbert.weights import load
-
-VOCAB = Path(__file__).resolve().parents[1].parent / "shared" / "albert" / "30k-clean.model"
 
 SENTENCES = [
     "The cat sat on the mat.", "It was a sunny day in the park.", "Tom went to the shop to buy some milk.",
@@ -35,7 +34,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def run(out: Path, corpus: Path, cache: Path, *extra: str) -> int:
-    args = ["--out", str(out), "--vocab", str(VOCAB), "--data", f"{corpus}:1", "--cache-dir", str(cache),
+    args = ["--out", str(out), "--vocab", str(ALBERT_VOCAB), "--data", f"{corpus}:1", "--cache-dir", str(cache),
             "--embedding-size", "8", "--hidden-size", "16", "--num-heads", "2", "--intermediate-size", "24",
             "--num-layers", "3", "--seq-len", "32", "--steps", "6", "--batch-size", "4", "--warmup", "2",
             "--lr", "1e-2", "--log-every", "1", "--eval-every", "3", "--eval-batches", "1", "--checkpoint-every",

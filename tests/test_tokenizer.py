@@ -1,19 +1,16 @@
 """tinyalbert.tokenizer.Tokenizer against the reference slow AlbertTokenizer (transformers 4.57.6).
 
-The genuine ALBERT vocabulary lives outside the repository, in ../shared/albert/30k-clean.model.
+The genuine ALBERT vocabulary is bundled with the package (tinyalbert/data/30k-clean.model, ALBERT_VOCAB).
 """
 import io
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 from transformers import AlbertTokenizer
 
-from tinyalbert.tokenizer import Tokenizer
-
-SPIECE = Path(__file__).resolve().parents[1].parent / "shared" / "albert" / "30k-clean.model"
+from tinyalbert.tokenizer import ALBERT_VOCAB, Tokenizer
 
 # Building blocks for random strings. Each group targets one rule of the tokenizer.
 FRAGMENTS = [
@@ -62,12 +59,12 @@ def random_text(rng: random.Random) -> str:
 
 @pytest.fixture(scope="module")
 def ref():
-    return AlbertTokenizer(vocab_file=str(SPIECE))
+    return AlbertTokenizer(vocab_file=str(ALBERT_VOCAB))
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return Tokenizer(SPIECE)
+    return Tokenizer(ALBERT_VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +175,10 @@ def test_batch_encode(tok, ref, texts):
 
 def test_model_bytes_and_errors(tok, tmp_path):
     data = tok.model_bytes
-    assert data == SPIECE.read_bytes()
+    assert data == ALBERT_VOCAB.read_bytes()
     from_bytes = Tokenizer(data)
     assert from_bytes.encode("Hello, [MASK] world 1,000") == tok.encode("Hello, [MASK] world 1,000")
-    assert Tokenizer(str(SPIECE)).vocab_size == tok.vocab_size
+    assert Tokenizer(str(ALBERT_VOCAB)).vocab_size == tok.vocab_size
 
     missing = tmp_path / "nope.model"
     with pytest.raises(ValueError, match="nope.model"):

@@ -15,9 +15,9 @@ import tinyalbert
 from tinyalbert import weights
 from tinyalbert.nn.config import AlbertConfig
 from tinyalbert.nn.params import init_params, param_shapes
+from tinyalbert.tokenizer import ALBERT_VOCAB
 from tinyalbert.weights import WeightsError
 
-SPIECE = Path(__file__).resolve().parents[2] / "shared" / "albert" / "30k-clean.model"
 PACKAGE_ROOT = str(Path(tinyalbert.__file__).parent.parent)
 
 
@@ -30,7 +30,7 @@ def tiny_config(**kw) -> AlbertConfig:
 
 @pytest.fixture(scope="module")
 def spiece_bytes() -> bytes:
-    return SPIECE.read_bytes()
+    return ALBERT_VOCAB.read_bytes()
 
 
 @pytest.fixture

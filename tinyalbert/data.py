@@ -55,6 +55,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+# A 2.5 MB sample of the bundled model's training corpus, installed with the package: one folder per
+# source, in the format of step 1 above.  What it holds and its licences: tinyalbert/data/corpus/PROVENANCE.md.
+SAMPLE_CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 CACHE_VERSION = 1  # bump when the cache layout or the sentence splitter changes
 SPLITS = {"train": 0, "heldout": 1}
 

@@ -63,15 +63,12 @@ class LabelledTexts:
         return {name: int((self.labels == i).sum()) for i, name in enumerate(self.label_names)}
 
 
-def repo_root() -> Path:
-    """The folder that holds the tinyalbert package (the repository root in a checkout)."""
-    return Path(__file__).resolve().parent.parent
-
-
 def default_corpus_dir() -> Path:
-    """$TINYALBERT_CORPUS, else ../shared/corpus next to the repository root."""
+    """$TINYALBERT_CORPUS, else the corpus sample installed with the package (tinyalbert.data.SAMPLE_CORPUS)."""
+    from .data import SAMPLE_CORPUS
+
     env = os.environ.get("TINYALBERT_CORPUS")
-    return Path(env) if env else repo_root().parent / "shared" / "corpus"
+    return Path(env) if env else SAMPLE_CORPUS
 
 
 def default_weights() -> Path:
@@ -399,8 +396,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--test", help="test examples in the same format (default: hold out --test-fraction)")
     data.add_argument("--test-fraction", type=float, default=0.2,
                       help="with --train and no --test: fraction of examples held out, a random split by line (default %(default)s)")
-    data.add_argument("--corpus", help="corpus folder for the source task (default: ../shared/corpus beside the "
-                                       "repository, or $TINYALBERT_CORPUS)")
+    data.add_argument("--corpus", help="corpus folder for the source task, one sub-folder per source (default: "
+                                       "$TINYALBERT_CORPUS, else the sample installed with the package)")
     data.add_argument("--sources", nargs="+", default=list(DEFAULT_SOURCES),
                       help="source task: the corpus sub-folders to tell apart (default: %(default)s)")
     data.add_argument("--train-per-class", type=int, default=200, help="source task: training sentences per source (default %(default)s)")

@@ -1,7 +1,7 @@
 """Pretrain ALBERT with masked-LM + sentence-order prediction: `python -m tinyalbert.pretrain`.
 
     python -m tinyalbert.pretrain --out runs/mini --vocab runs/mini/spiece.model \\
-        --data ../shared/corpus/tinystories:3 ../shared/corpus/onestopenglish:2 \\
+        --data tinyalbert/data/corpus/tinystories:3 tinyalbert/data/corpus/onestopenglish:2 \\
         --hidden-size 256 --num-heads 4 --num-layers 6 --steps 3000 --batch-size 32
 
 One training step: batch(step) -> model.loss_and_grads -> clip the global norm ->

@@ -26,10 +26,15 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+# The genuine ALBERT vocabulary (30k-clean.model), installed with the package so that tests,
+# notebooks and users all find it; its provenance and licence: tinyalbert/data/PROVENANCE.md.
+ALBERT_VOCAB = Path(__file__).resolve().parent / "data" / "30k-clean.model"
 
 # SentencePiece marks the start of a word with this character (U+2581), not a space.
 WORD_START = "\u2581"

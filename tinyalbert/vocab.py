@@ -14,7 +14,7 @@ Sentences come from the same reader and splitter as the pretraining data
 sample drawn in one streaming pass (reservoir sampling), which keeps training
 to a few minutes on the full corpus.
 
-    python -m tinyalbert.vocab /work/shared/corpus -o vocab/8k.model --vocab-size 8000
+    python -m tinyalbert.vocab tinyalbert/data/corpus -o vocab/8k.model --vocab-size 8000
 """
 from __future__ import annotations
 

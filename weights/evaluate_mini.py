@@ -1,6 +1,9 @@
 """Held-out metrics and fill-mask examples for the model card (weights/README.md).
 
-    python weights/evaluate_mini.py weights/tinyalbert-mini.h5 [--batches 64] [--cache-dir DIR]
+    python weights/evaluate_mini.py weights/tinyalbert-mini.h5 --corpus DIR [--batches 64] [--cache-dir DIR]
+
+--corpus is the folder the recipe trained on: the full corpus for the model card's figures (it is not
+in this repository), or tinyalbert/data/corpus, the sample of it that is.
 
 Measures, on the held-out documents of the training sources (the same split and
 source mix as the recipe, weights/train_mini.sh):
@@ -28,11 +31,11 @@ from tinyalbert.weights import load
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def recipe_sources() -> list[str]:
-    """The recipe's `directory:share` list (weights/mini-sources.txt), directories made absolute."""
+def recipe_sources(corpus: Path) -> list[str]:
+    """The recipe's `folder:share` list (weights/mini-sources.txt), each folder inside `corpus`, made absolute."""
     lines = (ROOT / "weights" / "mini-sources.txt").read_text().splitlines()
     specs = [line.strip().rsplit(":", 1) for line in lines if line.strip() and not line.startswith("#")]
-    return [f"{(ROOT / directory).resolve()}:{share}" for directory, share in specs]
+    return [f"{(corpus / folder).resolve()}:{share}" for folder, share in specs]
 
 
 SENTENCES = [
@@ -75,14 +78,16 @@ def neighbour_attention(model, batch: dict[str, np.ndarray]) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("weights")
+    ap.add_argument("--corpus", type=Path, required=True,
+                    help="the corpus folder the recipe trained on (one sub-folder per source)")
     ap.add_argument("--batches", type=int, default=64, help="held-out batches of 32 to score")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
 
     model = load(args.weights)
-    data = PretrainingData(recipe_sources(), model.tokenizer, cache_dir=args.cache_dir, max_seq_length=128, seed=0,
-                           progress=False)
+    data = PretrainingData(recipe_sources(args.corpus), model.tokenizer, cache_dir=args.cache_dir, max_seq_length=128,
+                           seed=0, progress=False)
     # the baseline's token: the most frequent label in training batches the model never scores here
     counts: Counter = Counter()
     for step in range(200):

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The recipe of the bundled model, tinyalbert/data/tinyalbert-mini.h5 (weights/tinyalbert-mini.h5 links to it;
-# the model card is weights/README.md).  Run from the repository root; ../shared/corpus must be present.
+# the model card is weights/README.md).  Run from the repository root, with CORPUS naming the corpus folder.
+# The bundled model was trained on the full 70 MB corpus of five public sources (TinyStories, OneStopEnglish,
+# Wikinews, Wikipedia, Project Gutenberg), which is not in this repository: tinyalbert/data/corpus holds a
+# 2.5 MB sample of it, and its PROVENANCE.md says where each source came from.  `CORPUS=tinyalbert/data/corpus`
+# runs the same recipe on that sample, which gives a different and weaker model.
 # Each phase ran on one core (OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1), about 151 minutes in all.
 set -euo pipefail
+CORPUS=${CORPUS:?set CORPUS to the corpus folder, one sub-folder per source (see the comment above)}
 OUT=${OUT:-runs/mini}
-DATA=$(grep -v '^#' weights/mini-sources.txt)      # the source mix, shared with weights/evaluate_mini.py
+# the source mix, shared with weights/evaluate_mini.py: `folder:share` lines, folders relative to $CORPUS
+DATA=$(grep -v '^#' weights/mini-sources.txt | sed "s|^|$CORPUS/|")
 export OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1
 mkdir -p "$OUT/phase1" "$OUT/phase2" "$OUT/phase3"
 # 1. an 8000-piece ALBERT-style SentencePiece vocabulary of the whole corpus (34 s, deterministic)
-[ -f "$OUT/spiece.model" ] || python -m tinyalbert.vocab ../shared/corpus -o "$OUT/spiece.model" --vocab-size 8000 --seed 0
+[ -f "$OUT/spiece.model" ] || python -m tinyalbert.vocab "$CORPUS" -o "$OUT/spiece.model" --vocab-size 8000 --seed 0
 # every phase: sequences of 128, batches of 32, AdamW with decoupled weight decay 0.01, clipping at 1.0;
 # "$@" passes the script's own arguments on to every phase
 phase() {

@@ -76,8 +76,9 @@ def describe(model) -> str:
     """One line: the model's shape, e.g. for the top of a notebook's output."""
     c = model.config
     n = sum(int(p.size) for p in model.params.values())
-    return (f"{weights_path().name}: V={c.vocab_size} E={c.embedding_size} H={c.hidden_size} NH={c.num_attention_heads} "
-            f"I={c.intermediate_size} L={c.num_hidden_layers} applications of one shared layer, {n:,} parameters")
+    return (f"{weights_path().name}: V={c.vocab_size} E={c.embedding_size} H={c.hidden_size} "
+            f"NH={c.num_attention_heads} I={c.intermediate_size} L={c.num_hidden_layers} applications of one shared "
+            f"layer, {n:,} parameters")
 
 
 @contextlib.contextmanager

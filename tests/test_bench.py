@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from tinyalbert.nn import attention, linear
 from tinyalbert.bench import StepWorker
+from tinyalbert.nn import attention, linear
 from tinyalbert.nn.config import AlbertConfig
 from tinyalbert.opprofile import format_profile, profile
 
@@ -42,6 +42,7 @@ def test_profile_accounts_for_the_step(train):
     assert "GFLOP/s" in format_profile(result)
 
 
+@pytest.mark.slow
 def test_bench_smoke_writes_every_line(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")

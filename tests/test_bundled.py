@@ -7,7 +7,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-
 import tinyalbert
 from tinyalbert.predict import BUNDLED_MODEL_NAME, default_weights_path, fill_mask
 from tinyalbert.weights import load

@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 
 from tinyalbert import vocab
-from tinyalbert.data import (PretrainingData, Source, TokenCache, build_token_cache, candidate_units,
-                             make_sentence_pair, mask_tokens, read_documents, sample_ngram_spans,
-                             split_sentences, truncate_seq_pair)
+from tinyalbert.data import (
+    PretrainingData,
+    Source,
+    TokenCache,
+    build_token_cache,
+    candidate_units,
+    make_sentence_pair,
+    mask_tokens,
+    read_documents,
+    sample_ngram_spans,
+    split_sentences,
+    truncate_seq_pair,
+)
 from tinyalbert.tokenizer import ALBERT_VOCAB, Tokenizer
 
 SPECIAL = (0, 1, 2, 3, 4)
@@ -96,7 +106,7 @@ def test_cache_matches_tokenizer_and_is_reused(data, corpus, tokenizer, tmp_path
 
 
 def test_heldout_documents_never_in_training(data):
-    for cache, held, starts in zip(data.caches, data.heldout, data.starts["train"]):
+    for cache, held, starts in zip(data.caches, data.heldout, data.starts["train"], strict=True):
         assert 1 <= held.sum() < cache.num_documents
         docs = np.searchsorted(cache.document_offsets, starts, side="right") - 1
         assert not held[docs].any()
@@ -217,7 +227,7 @@ def test_spans_are_whole_words(tokenizer):
         _, labels = mask_tokens(ids, rng, special_ids=SPECIAL, mask_id=MASK, vocab_size=30000, word_start=ws,
                                 masked_lm_prob=0.3)
         chosen = labels != -100
-        for s, e in zip(starts, ends):
+        for s, e in zip(starts, ends, strict=True):
             assert chosen[s:e].all() or not chosen[s:e].any()  # a word is masked whole or not at all
 
 

@@ -55,7 +55,7 @@ def batch(model):
 def assert_same_forward(got, want) -> None:
     """Every output of two ForwardOutputs bitwise equal."""
     assert len(got.hidden_states) == len(want.hidden_states)
-    for g, w in zip(got.hidden_states, want.hidden_states):
+    for g, w in zip(got.hidden_states, want.hidden_states, strict=True):
         np.testing.assert_array_equal(g, w)
     np.testing.assert_array_equal(got.mlm_logits, want.mlm_logits)
     for name in ("sop_logits", "pooled"):
@@ -137,7 +137,7 @@ def test_several_groups_at_depth_N_run_the_model_configured_with_N(depth):
                                                          output_attentions=True)
     assert_same_forward(got, want)
     assert len(got.attentions) == depth * 2
-    for g, w in zip(got.attentions, want.attentions):
+    for g, w in zip(got.attentions, want.attentions, strict=True):
         np.testing.assert_array_equal(g, w)
 
 
@@ -188,11 +188,11 @@ def test_lens_row_i_is_the_mlm_head_on_hidden_state_i(model, depth):
     lens = logit_lens(model, TWO_MASKS, top_k=top_k, depth=depth)
     assert len(lens) == len(out.hidden_states)
     c, p = model.config, model.params
-    for i, (hidden, row) in enumerate(zip(out.hidden_states, lens)):
+    for i, (hidden, row) in enumerate(zip(out.hidden_states, lens, strict=True)):
         logits, _ = mlm_head_forward(hidden[0], sub(p, MLM), p[EMB + "word_embeddings.weight"], c.layer_norm_eps,
                                      c.hidden_act)
         assert len(row) == len(mask_positions)          # two masks: one option list per mask
-        for position, options in zip(mask_positions, row):
+        for position, options in zip(mask_positions, row, strict=True):
             probs = probabilities(logits[position])
             best = np.argsort(-probs, kind="stable")[:top_k]
             assert [o["token"] for o in options] == best.tolist(), f"depth {i}"
@@ -272,7 +272,7 @@ def test_cli_lens_table(model):
     assert "depth 0: the projected embeddings" in first
     rows = lens_rows(first.splitlines())
     assert [int(row[0]) for row in rows] == list(range(model.config.num_hidden_layers + 1))
-    for row, options in zip(rows, want):
+    for row, options in zip(rows, want, strict=True):
         # cells: token_str score, token_str score, ...; the pieces here are single words
         assert row[1::2] == [o["token_str"] for o in options]
         assert [float(s) for s in row[2::2]] == pytest.approx([o["score"] for o in options], abs=6e-5)

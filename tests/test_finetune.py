@@ -14,9 +14,15 @@ import numpy as np
 import pytest
 
 from tinyalbert import AlbertConfig, init_params
-from tinyalbert.classifier import (AlbertClassifier, classification_head_backward, classification_head_forward,
-                                   classifier_param_shapes, init_classifier_params, load_classifier,
-                                   save_classifier)
+from tinyalbert.classifier import (
+    AlbertClassifier,
+    classification_head_backward,
+    classification_head_forward,
+    classifier_param_shapes,
+    init_classifier_params,
+    load_classifier,
+    save_classifier,
+)
 from tinyalbert.data import SAMPLE_CORPUS
 from tinyalbert.finetune import build_source_task, evaluate, fine_tune, main, pad_batch
 from tinyalbert.nn.gradcheck import numerical_gradient, numerical_gradient_of_output, rel_error

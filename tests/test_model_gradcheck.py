@@ -244,8 +244,8 @@ def test_float32_model_runs_in_float32():
     out32 = m32.forward(INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK, output_attentions=True)
     out64 = m64.forward(INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK, output_attentions=True)
     for a32, a64 in [(out32.mlm_logits, out64.mlm_logits), (out32.sop_logits, out64.sop_logits),
-                     (out32.pooled, out64.pooled), *zip(out32.hidden_states, out64.hidden_states),
-                     *zip(out32.attentions, out64.attentions)]:
+                     (out32.pooled, out64.pooled), *zip(out32.hidden_states, out64.hidden_states, strict=True),
+                     *zip(out32.attentions, out64.attentions, strict=True)]:
         assert a32.dtype == np.float32
         assert rel_error(a32, a64) <= 1e-5
     batch = (INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK, MLM_LABELS, SOP_LABELS)

@@ -53,7 +53,8 @@ def weights(tmp_path_factory) -> Path:
     return path
 
 
-def run_notebook(path: Path, weights: Path) -> float:
+def run_notebook(path: Path, weights: Path, save: bool = False) -> float:
+    """Execute one notebook headless with `weights` (in memory; save=True writes it back with its outputs)."""
     nb = nbformat.read(path, as_version=4)
     previous = os.environ.get("TINYALBERT_WEIGHTS")
     os.environ["TINYALBERT_WEIGHTS"] = str(weights)      # the kernel inherits this process's environment
@@ -70,15 +71,22 @@ def run_notebook(path: Path, weights: Path) -> float:
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, f"{path.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
     durations[path.name] = seconds
+    if save:
+        from tinyalbert.files import atomic_output
+
+        with atomic_output(path) as tmp:
+            nbformat.write(nb, tmp)
     return seconds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_without_errors(path, weights):
     seconds = run_notebook(path, weights)    # nbclient raises CellExecutionError on the first failing cell
     print(f"{path.name}: {seconds:.0f} s")
 
 
+@pytest.mark.slow
 def test_all_notebooks_together_within_budget(weights):
     for path in NOTEBOOKS:                   # when run on its own (pytest -k), run the notebooks first
         if path.name not in durations:
@@ -101,3 +109,15 @@ def test_committed_notebook_is_executed_and_introduced(path):
     assert not errors, f"{path.name} was saved with an error output"
     size = path.stat().st_size
     assert size < 2_000_000, f"{path.name} is {size:,} bytes; keep outputs small"
+
+
+if __name__ == "__main__":
+    # python tests/test_notebooks.py [NN ...]: re-execute the notebooks (all, or those whose number is given)
+    # in place with the bundled model, so that their committed outputs match the code.
+    import sys
+
+    from tinyalbert.predict import bundled_model_path
+
+    for path in NOTEBOOKS:
+        if len(sys.argv) == 1 or path.stem[:2] in sys.argv[1:]:
+            print(f"{path.name}: {run_notebook(path, bundled_model_path(), save=True):.0f} s")

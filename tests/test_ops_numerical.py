@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from op_inputs import ATTENTION_MASK, EPS, HS, NH, PAD, TOKEN_TYPES, B, E, H, I, T, V, randomised, small_config  # noqa: E402
 
 from tinyalbert.nn.activations import gelu_backward, gelu_forward
 from tinyalbert.nn.attention import self_attention_backward, self_attention_forward
@@ -33,17 +34,20 @@ from tinyalbert.nn.embeddings import embedding_backward, embedding_forward, embe
 from tinyalbert.nn.encoder import encoder_backward, encoder_forward
 from tinyalbert.nn.feedforward import feedforward_backward, feedforward_forward
 from tinyalbert.nn.gradcheck import numerical_gradient, numerical_gradient_of_output, rel_error
-from tinyalbert.nn.heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward,
-                              sop_head_backward, sop_head_forward)
+from tinyalbert.nn.heads import (
+    mlm_head_backward,
+    mlm_head_forward,
+    pooler_backward,
+    pooler_forward,
+    sop_head_backward,
+    sop_head_forward,
+)
 from tinyalbert.nn.layer import albert_layer_backward, albert_layer_forward
 from tinyalbert.nn.layernorm import layernorm_backward, layernorm_forward
 from tinyalbert.nn.linear import linear_backward, linear_forward
 from tinyalbert.nn.losses import cross_entropy_backward, cross_entropy_forward
 from tinyalbert.nn.params import MAPPING, layer_prefix, layer_shapes, param_shapes
 from tinyalbert.nn.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
-
-from op_inputs import (ATTENTION_MASK, EPS, HS, NH, PAD, TOKEN_TYPES, B, E, H, I, T, V,  # noqa: E402
-                       randomised, small_config)
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
@@ -482,7 +486,7 @@ def test_weight_gradients_accumulate():
     twice = [np.zeros_like(w), np.zeros_like(b)]
     linear_backward(dy, cache, *twice)
     linear_backward(dy, cache, *twice)
-    for a1, a2 in zip(once, twice):
+    for a1, a2 in zip(once, twice, strict=True):
         np.testing.assert_allclose(a2, 2 * a1, rtol=1e-14, atol=0)
 
     lw, lb = 1 + rng.standard_normal(I), rng.standard_normal(I)
@@ -492,7 +496,7 @@ def test_weight_gradients_accumulate():
     twice = [np.zeros(I), np.zeros(I)]
     layernorm_backward(dy, cache, *twice)
     layernorm_backward(dy, cache, *twice)
-    for a1, a2 in zip(once, twice):
+    for a1, a2 in zip(once, twice, strict=True):
         np.testing.assert_allclose(a2, 2 * a1, rtol=1e-14, atol=0)
 
     table = rng.standard_normal((V, E))

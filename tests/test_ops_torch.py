@@ -27,6 +27,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from op_inputs import ATTENTION_MASK, EPS, HS, NH, PAD, TOKEN_TYPES, B, E, H, I, T, V, randomised  # noqa: E402
+from op_inputs import small_config as config  # noqa: E402
 
 from tinyalbert.nn.activations import gelu_backward, gelu_forward
 from tinyalbert.nn.attention import self_attention_backward, self_attention_forward
@@ -35,18 +37,20 @@ from tinyalbert.nn.embeddings import embedding_backward, embedding_forward, embe
 from tinyalbert.nn.encoder import encoder_backward, encoder_forward
 from tinyalbert.nn.feedforward import feedforward_backward, feedforward_forward
 from tinyalbert.nn.gradcheck import rel_error
-from tinyalbert.nn.heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward,
-                              sop_head_backward, sop_head_forward)
+from tinyalbert.nn.heads import (
+    mlm_head_backward,
+    mlm_head_forward,
+    pooler_backward,
+    pooler_forward,
+    sop_head_backward,
+    sop_head_forward,
+)
 from tinyalbert.nn.layer import albert_layer_backward, albert_layer_forward
 from tinyalbert.nn.layernorm import layernorm_backward, layernorm_forward
 from tinyalbert.nn.linear import linear_backward, linear_forward
 from tinyalbert.nn.losses import cross_entropy_backward, cross_entropy_forward
 from tinyalbert.nn.params import MAPPING, layer_prefix, layer_shapes, param_shapes, sub
 from tinyalbert.nn.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
-
-from op_inputs import (ATTENTION_MASK, EPS, HS, NH, PAD, TOKEN_TYPES, B, E, H, I, T, V,  # noqa: E402
-                       randomised)
-from op_inputs import small_config as config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinyalbert.optim import (AdamW, Lamb, clip_grad_norm, exclude_from_weight_decay, global_norm,
-                              linear_schedule)
+from tinyalbert.optim import AdamW, Lamb, clip_grad_norm, exclude_from_weight_decay, global_norm, linear_schedule
 
 SHAPES = {
     "albert.encoder.embedding_hidden_mapping_in.weight": (6, 4),
@@ -141,12 +140,12 @@ def test_clipping_matches_torch():
     total = math.sqrt(sum(float(np.sum(g ** 2)) for g in grads.values()))
     tgrads = [torch.tensor(g) for g in grads.values()]
     tparams = [torch.zeros_like(g, requires_grad=True) for g in tgrads]
-    for p, g in zip(tparams, tgrads):
+    for p, g in zip(tparams, tgrads, strict=True):
         p.grad = g.clone()
     tnorm = torch.nn.utils.clip_grad_norm_(tparams, max_norm=1.5)
     norm = clip_grad_norm(grads, 1.5)
     assert norm == pytest.approx(total, rel=1e-14) and norm == pytest.approx(float(tnorm), rel=1e-14)
-    for g, p in zip(grads.values(), tparams):
+    for g, p in zip(grads.values(), tparams, strict=True):
         np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-14)
     assert global_norm(grads) == pytest.approx(1.5, rel=1e-6)
     before = {k: v.copy() for k, v in grads.items()}

@@ -32,11 +32,11 @@ The big files (3.6 GB) are deleted when the module ends.
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import shutil
 import subprocess
 import sys
-import os
 import time
 from pathlib import Path
 
@@ -50,6 +50,8 @@ import tinyalbert
 from tinyalbert import weights
 from tinyalbert.predict import fill_mask_batch
 from tinyalbert.tokenizer import ALBERT_VOCAB
+
+pytestmark = pytest.mark.slow      # a 223M-parameter model, written, converted twice and run: minutes
 
 PACKAGE_ROOT = str(Path(tinyalbert.__file__).resolve().parent.parent)
 TIED = {"predictions.decoder.weight": "albert.embeddings.word_embeddings.weight",
@@ -86,7 +88,8 @@ def _bit_mismatches(path: Path, state: dict[str, torch.Tensor]) -> list[str]:
     problems = []
     expected = {k for k in state if k not in TIED}
     if set(params) != expected:
-        problems.append(f"names differ: missing {sorted(expected - set(params))}, extra {sorted(set(params) - expected)}")
+        problems.append(f"names differ: missing {sorted(expected - set(params))}, "
+                        f"extra {sorted(set(params) - expected)}")
     for name in sorted(expected & set(params)):
         ours, ref = params[name], state[name].detach().numpy()
         if ours.dtype != np.float32 or ours.shape != ref.shape or not np.array_equal(
@@ -186,9 +189,8 @@ def parity(tmp_path_factory):
         # costs ~10-20 s here; many times that on a busy machine).
         ours = weights.load(root / "xxlarge-safetensors.h5")
         calls = []
-        real_forward = ours.forward
 
-        def spy(input_ids, *args, **kwargs):
+        def spy(input_ids, *args, real_forward=ours.forward, **kwargs):
             out = real_forward(input_ids, *args, **kwargs)
             calls.append((np.array(input_ids), np.array(kwargs.get("attention_mask")), out))
             return out
@@ -204,7 +206,8 @@ def parity(tmp_path_factory):
         assert np.array_equal(mask[order], res["attention_mask"])
         res["our_hidden"] = [h[order] for h in out.hidden_states]
         res["our_logits"] = out.mlm_logits[order]
-        del ours, real_forward, calls, out
+        calls.clear()                   # the spy and its list go with the model: 3.6 GB of activations freed
+        del ours, spy, out
         gc.collect()
         yield res
     finally:
@@ -230,7 +233,7 @@ def test_converted_parameters_are_bit_identical(parity, fmt):
 def test_hidden_states_match_torch(parity):
     ref, ours = parity["ref_hidden"], parity["our_hidden"]
     assert len(ours) == len(ref) == 13
-    errors = [_rel(a, b) for a, b in zip(ours, ref)]
+    errors = [_rel(a, b) for a, b in zip(ours, ref, strict=True)]
     # the spread across positions is real (the model is not degenerate; see the module docstring)
     last = ref[-1][0, :int(parity["attention_mask"][0].sum())]
     spread = float(last.std(0).mean() / last.std())
@@ -245,17 +248,17 @@ def test_hidden_states_match_torch(parity):
 
 def test_fill_mask_matches_pipeline(parity):
     worst, min_gap = 0.0, np.inf
-    for text, got, want in zip(SENTENCES, parity["our_fill"], parity["ref_fill"]):
+    for text, got, want in zip(SENTENCES, parity["our_fill"], parity["ref_fill"], strict=True):
         single = isinstance(want[0], dict)
         assert isinstance(got[0], dict) == single, text
-        for g_opts, w_opts in zip([got] if single else got, [want] if single else want):
+        for g_opts, w_opts in zip([got] if single else got, [want] if single else want, strict=True):
             assert [o["token"] for o in g_opts] == [o["token"] for o in w_opts], text
-            for g, w in zip(g_opts, w_opts):
+            for g, w in zip(g_opts, w_opts, strict=True):
                 assert (g["token_str"], g["sequence"]) == (w["token_str"], w["sequence"]), text
                 worst = max(worst, abs(g["score"] - w["score"]))
     # how far apart the reference's top-6 logits are at the masks: ids are unambiguous if >> logit errors
     ids, logits = parity["input_ids"], parity["ref_logits"]
-    for b, t in zip(*np.nonzero(ids == 4)):
+    for b, t in zip(*np.nonzero(ids == 4), strict=True):
         top = np.sort(logits[b, t])[-6:]
         min_gap = min(min_gap, float(np.diff(top).min()))
     top1 = [opts[0]["score"] for r in parity["ref_fill"] for opts in ([r] if isinstance(r[0], dict) else r)]

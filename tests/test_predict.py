@@ -150,9 +150,9 @@ def assert_same_predictions(got, want, score_tol: float = SCORE_TOL) -> float:
     single = isinstance(want[0], dict)
     assert isinstance(got[0], dict) == single, "single-mask results are a flat list, several masks a list of lists"
     worst = 0.0
-    for g_opts, w_opts in zip(per_mask(got), per_mask(want)):
+    for g_opts, w_opts in zip(per_mask(got), per_mask(want), strict=True):
         assert [o["token"] for o in g_opts] == [o["token"] for o in w_opts]
-        for g, w in zip(g_opts, w_opts):
+        for g, w in zip(g_opts, w_opts, strict=True):
             assert set(g) == {"score", "token", "token_str", "sequence"}
             assert type(g["score"]) is float and type(g["token"]) is int
             assert g["token_str"] == w["token_str"], (g, w)
@@ -200,7 +200,7 @@ def test_fill_mask_batch_equals_one_at_a_time(model):
     for batch_size in (3, 8, 64):
         batched = fill_mask_batch(model, texts, top_k=7, batch_size=batch_size)
         assert len(batched) == len(texts)
-        for got, want in zip(batched, single):
+        for got, want in zip(batched, single, strict=True):
             assert_same_predictions(got, want, score_tol=1e-6)
 
     # and the logits themselves: a padded row equals the same text run alone
@@ -277,7 +277,7 @@ def test_cli_table(ckpt, model):
     want = fill_mask(model, text)
     assert [int(r[1]) for r in rows] == [o["token"] for o in want]
     assert [float(r[0]) for r in rows] == pytest.approx([o["score"] for o in want], abs=6e-5)
-    for line, o in zip([l for l in out.splitlines() if l.startswith("  ")], want):
+    for line, o in zip([l for l in out.splitlines() if l.startswith("  ")], want, strict=True):
         assert o["token_str"] in line and line.rstrip().endswith(o["sequence"])
 
 
@@ -303,7 +303,7 @@ def test_cli_several_inputs(ckpt, model):
     assert isinstance(got, list) and len(got) == len(texts)
     # the CLI batches its inputs (8 per forward), so the exact reference is the same batched call;
     # padded against unpadded is test_fill_mask_batch_equals_one_at_a_time's business
-    for g, w in zip(got, fill_mask_batch(model, texts)):
+    for g, w in zip(got, fill_mask_batch(model, texts), strict=True):
         assert_same_predictions(g, w, score_tol=CLI_SCORE_TOL)
     table = assert_ok(run_predict("--weights", str(ckpt["mlm_h5"]), *texts))
     assert [l for l in table.splitlines() if l.startswith("input: ")] == [f"input: {t}" for t in texts]
@@ -319,7 +319,7 @@ def test_cli_file_and_stdin(ckpt, model, tmp_path):
                                                   stdin=path.read_text(encoding="utf-8"))))
     for got in (from_file, from_stdin):
         assert len(got) == len(texts)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert_same_predictions(g, w, score_tol=CLI_SCORE_TOL)
     # --file adds to the texts given as arguments, after them
     both = json.loads(assert_ok(run_predict("--weights", str(ckpt["mlm_h5"]), "--json", SENTENCES[1],
@@ -334,7 +334,7 @@ def test_cli_show_tokens(ckpt, model):
     line = next(l for l in out.splitlines() if l.startswith("tokens: "))
     ref = ckpt["ref_tok"]
     ids = ref(text)["input_ids"]
-    assert line == "tokens: " + " ".join(f"{p}({i})" for p, i in zip(ref.convert_ids_to_tokens(ids), ids))
+    assert line == "tokens: " + " ".join(f"{p}({i})" for p, i in zip(ref.convert_ids_to_tokens(ids), ids, strict=True))
 
 
 def test_cli_sop(ckpt, pt_model):
@@ -486,6 +486,7 @@ def test_numba_cache_check_matches_installed_numba(model):
     assert predict._numba_cache_is_cold() is False      # `model` ran a forward: the cache is warm
 
 
+@pytest.mark.slow      # compiles the forward kernels into an empty cache
 def test_cli_notes_cold_numba_cache(ckpt, model, tmp_path):
     cache = tmp_path / "numba-cache"
     cache.mkdir()

@@ -32,13 +32,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .files import atomic_output
+from .memory import keep_freed_memory
 from .nn.body import albert_body_backward, albert_body_forward, prepare_inputs
 from .nn.config import AlbertConfig
-from .files import atomic_output
 from .nn.heads import pooler_backward, pooler_forward
 from .nn.linear import linear_backward, linear_forward
 from .nn.losses import cross_entropy_backward, cross_entropy_forward
-from .memory import keep_freed_memory
 from .nn.params import MLM, POOLER, SOP, Params, check_shapes, common_dtype, param_shapes, zero_grads
 
 CLASSIFIER = "classifier."

@@ -426,7 +426,8 @@ def sample_ngram_spans(unit_lengths: np.ndarray, num_to_predict: int, rng: np.ra
     draws = rng.random(n_units).tolist()
     count = 0
     spans: list[tuple[int, int]] = []
-    for u, r in zip(rng.permutation(n_units).tolist(), draws):
+    # one draw per unit, so the two have the same length; strict=False only because the loop may stop early
+    for u, r in zip(rng.permutation(n_units).tolist(), draws, strict=False):
         if count >= num_to_predict:
             break
         cdf = cdfs[min(max_ngram, n_units - u) - 1]
@@ -516,9 +517,9 @@ class PretrainingData:
 
         self.heldout = [heldout_documents(c.num_documents, heldout_fraction,
                                           split_seed + zlib.crc32(s.name.encode()))
-                        for s, c in zip(self.sources, self.caches)]
+                        for s, c in zip(self.sources, self.caches, strict=True)]
         self.starts = {split: [eligible_starts(c, held if split == "heldout" else ~held)
-                               for c, held in zip(self.caches, self.heldout)] for split in SPLITS}
+                               for c, held in zip(self.caches, self.heldout, strict=True)] for split in SPLITS}
         self.source_probs = {}
         for split in SPLITS:
             w = np.array([s.weight for s in self.sources], dtype=np.float64)
@@ -597,7 +598,7 @@ class PretrainingData:
     def summary(self) -> str:
         """One line per source: documents, sentences, tokens, held-out documents, sampling probability."""
         lines = []
-        for i, (s, c, held) in enumerate(zip(self.sources, self.caches, self.heldout)):
+        for i, (s, c, held) in enumerate(zip(self.sources, self.caches, self.heldout, strict=True)):
             lines.append(f"{s.name:>16}: {c.num_documents:7d} docs {c.num_sentences:9d} sentences "
                          f"{c.num_tokens:11d} tokens  held out {int(held.sum()):5d} docs  "
                          f"p(train)={self.source_probs['train'][i]:.3f}")

@@ -373,7 +373,7 @@ def confusion_table(confusion: np.ndarray, names: Sequence[str]) -> str:
     """The confusion matrix as text: rows are the true class, columns the predicted one."""
     width = max(8, *(len(n) for n in names))
     lines = [" " * width + " " + " ".join(f"{n[:width]:>{width}}" for n in names) + "   <- predicted"]
-    for name, row in zip(names, confusion):
+    for name, row in zip(names, confusion, strict=True):
         lines.append(f"{name:>{width}} " + " ".join(f"{v:>{width}d}" for v in row))
     return "\n".join(lines)
 
@@ -395,26 +395,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--train", help="labelled examples: text<TAB>label per line, or a .csv with text,label")
     data.add_argument("--test", help="test examples in the same format (default: hold out --test-fraction)")
     data.add_argument("--test-fraction", type=float, default=0.2,
-                      help="with --train and no --test: fraction of examples held out, a random split by line (default %(default)s)")
+                      help="with --train and no --test: fraction of examples held out, a random split by line "
+                           "(default %(default)s)")
     data.add_argument("--corpus", help="corpus folder for the source task, one sub-folder per source (default: "
                                        "$TINYALBERT_CORPUS, else the sample installed with the package)")
     data.add_argument("--sources", nargs="+", default=list(DEFAULT_SOURCES),
                       help="source task: the corpus sub-folders to tell apart (default: %(default)s)")
-    data.add_argument("--train-per-class", type=int, default=200, help="source task: training sentences per source (default %(default)s)")
-    data.add_argument("--test-per-class", type=int, default=100, help="source task: test sentences per source (default %(default)s)")
+    data.add_argument("--train-per-class", type=int, default=200,
+                      help="source task: training sentences per source (default %(default)s)")
+    data.add_argument("--test-per-class", type=int, default=100,
+                      help="source task: test sentences per source (default %(default)s)")
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=float, default=3.0, help="passes over the training data (default %(default)s)")
     train.add_argument("--max-steps", type=int, help="stop after this many steps")
     train.add_argument("--batch-size", type=int, default=16, help="examples per step (default %(default)s)")
     train.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of AdamW (default %(default)s)")
     train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default %(default)s)")
-    train.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps spent warming up (default %(default)s)")
+    train.add_argument("--warmup", type=float, default=0.1,
+                       help="fraction of the steps spent warming up (default %(default)s)")
     train.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip (default %(default)s)")
     train.add_argument("--dropout", type=float, default=None,
                        help="classifier dropout (default: the config's classifier_dropout_prob)")
-    train.add_argument("--max-length", type=int, default=64, help="tokens per example, [CLS] and [SEP] included (default %(default)s)")
-    train.add_argument("--seed", type=int, default=0, help="data split, initialisation and batch order (default %(default)s)")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="compute dtype (default %(default)s)")
+    train.add_argument("--max-length", type=int, default=64,
+                       help="tokens per example, [CLS] and [SEP] included (default %(default)s)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="data split, initialisation and batch order (default %(default)s)")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                       help="compute dtype (default %(default)s)")
     train.add_argument("--threads", type=int, help="Numba and BLAS threads (default: all cores; for a small model "
                                                    "on a busy machine, 1 is often much faster)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

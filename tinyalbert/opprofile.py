@@ -8,8 +8,9 @@ Every op function of the engine (the `*_forward` / `*_backward` functions, their
 kernels) is wrapped, for the duration of the profile, in a timer that records its *exclusive* time: the
 time spent in the function minus the time spent in the other wrapped functions it calls.  So
 `linear_forward`'s own time is its BLAS product (its bias add is a kernel of its own),
-`self_attention_forward`'s is the per-head products q kᵀ and P v (its linears and softmax are ops of their own), and a Python wrapper such as `masked_softmax_forward` keeps only its
-allocations and NumPy's exp, while its kernels get the rest.
+`self_attention_forward`'s is the per-head products q kᵀ and P v (its linears and softmax are ops of
+their own), and a Python wrapper such as `masked_softmax_forward` keeps only its allocations and
+NumPy's exp, while its kernels get the rest.
 
 The model runs with random weights (the time does not depend on their values) after one untimed warm-up
 call that loads every Numba kernel. The table comes from one repeat, the one whose total time is the
@@ -30,10 +31,21 @@ from collections import defaultdict
 from types import ModuleType
 from typing import Any, Callable
 
-import numpy as np
-
-from .nn import (activations, attention, embeddings, encoder, feedforward, heads, kernels, layer, layernorm, linear,
-               losses, model, softmax)
+from .nn import (
+    activations,
+    attention,
+    embeddings,
+    encoder,
+    feedforward,
+    heads,
+    kernels,
+    layer,
+    layernorm,
+    linear,
+    losses,
+    model,
+    softmax,
+)
 from .nn.config import AlbertConfig
 
 OP_MODULES: tuple[ModuleType, ...] = (kernels, linear, layernorm, activations, softmax, attention, feedforward, layer,

@@ -88,7 +88,7 @@ def _predict_masks(model, ids: list[int], logits: np.ndarray, top_k: int) -> lis
     top_k = min(top_k, probs.shape[-1])
     single = len(mask_positions) == 1
     results = []
-    for row, position in zip(probs, mask_positions):
+    for row, position in zip(probs, mask_positions, strict=True):
         best = np.argsort(-row, kind="stable")[:top_k]
         options = []
         for token in best:
@@ -244,7 +244,7 @@ def _input_header(text: str, show_tokens: bool, model, depth: int | None) -> lis
     if show_tokens:
         ids = model.tokenizer.encode(text)
         pieces = model.tokenizer.convert_ids_to_tokens(ids)
-        lines.append("tokens: " + " ".join(f"{p}({i})" for p, i in zip(pieces, ids)))
+        lines.append("tokens: " + " ".join(f"{p}({i})" for p, i in zip(pieces, ids, strict=True)))
     if depth is not None:
         lines.append(f"depth: the shared layer applied {depth} times (this model's own depth: "
                      f"{model.config.num_hidden_layers})")
@@ -280,10 +280,10 @@ def _format_lens(text: str, lens: list, show_tokens: bool, model, depth: int | N
         cells = [[f"{o['token_str'] if o['token_str'].strip() else repr(o['token_str'])} {o['score']:.4f}"
                   for o in by_mask[m]] for by_mask in per_depth]
         header = [f"top {rank + 1}" for rank in range(len(cells[0]))]
-        widths = [max(len(column_cell) for column_cell in column) for column in zip(header, *cells)]
-        lines.append("  depth  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+        widths = [max(len(column_cell) for column_cell in column) for column in zip(header, *cells, strict=True)]
+        lines.append("  depth  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
         for d, row in enumerate(cells):
-            lines.append(f"  {d:>5}  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            lines.append(f"  {d:>5}  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
 
 
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 formatter = _format_lens if args.lens else _format_results
                 print("\n\n".join(formatter(t, r, args.show_tokens, model, args.depth)
-                                   for t, r in zip(texts, results)))
+                                   for t, r in zip(texts, results, strict=True)))
     except (PredictError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,12 +30,19 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .nn.config import AlbertConfig
 from .files import atomic_output
+from .nn.config import AlbertConfig
 from .nn.model import Albert
+from .nn.params import (
+    EMB,
+    fan_in_init,
+    has_sop_head,
+    init_params,
+    param_shapes,
+    sinusoidal_positions,
+    tie_query_key_init,
+)
 from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
-from .nn.params import (EMB, fan_in_init, has_sop_head, init_params, param_shapes, sinusoidal_positions,
-                     tie_query_key_init)
 
 CHECKPOINT_FORMAT = "tinyalbert-checkpoint"
 
@@ -143,9 +150,9 @@ def plot_losses(log_path: Path, png_path: Path) -> None:
                 held.append((r["step"], r["eval_loss"]))
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train), lw=0.8, label="training loss (MLM + SOP)")
+        ax.plot(*zip(*train, strict=True), lw=0.8, label="training loss (MLM + SOP)")
     if held:
-        ax.plot(*zip(*held), "o-", label="held-out loss")
+        ax.plot(*zip(*held, strict=True), "o-", label="held-out loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -261,8 +268,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 record = {"step": done, **evaluate(model, data, args.eval_batches, args.batch_size)}
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-                bar.write(f"step {done}: held-out loss {record['eval_loss']:.3f}, MLM acc {record['eval_mlm_acc']:.3f}, "
-                          f"SOP acc {record['eval_sop_acc']:.3f}")
+                bar.write(f"step {done}: held-out loss {record['eval_loss']:.3f}, "
+                          f"MLM acc {record['eval_mlm_acc']:.3f}, SOP acc {record['eval_sop_acc']:.3f}")
                 plot_losses(log_path, out / "loss.png")
             if done % args.checkpoint_every == 0 or done == args.steps or done == args.stop_after:
                 save_checkpoint(ckpt_path, config, params, optimizer, done, run_args)

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from .nn.config import AlbertConfig
 from .files import atomic_output
-from .nn.params import check_params, param_shapes, SOP_HEAD_KEYS
+from .nn.config import AlbertConfig
+from .nn.params import SOP_HEAD_KEYS, check_params, param_shapes
 
 if TYPE_CHECKING:
     from .nn.model import Albert

@@ -129,7 +129,7 @@ class AlbertConfig:
 
     @classmethod
     def preset(cls, name: str) -> "AlbertConfig":
-        """A published v2 size: 'base', 'large', 'xlarge' or 'xxlarge' (an 'albert-' prefix and '-v2' suffix are allowed)."""
+        """A published v2 size: 'base', 'large', 'xlarge' or 'xxlarge' (also as 'albert-base-v2' and the like)."""
         key = name.lower().removeprefix("albert/").removeprefix("albert-").removesuffix("-v2")
         if key not in PRESETS:
             raise ValueError(f"unknown ALBERT preset {name!r}; choose one of {sorted(PRESETS)}")

@@ -14,7 +14,8 @@ from .activations import gelu_backward, gelu_forward
 from .linear import linear_backward, linear_forward
 
 
-def feedforward_forward(x: np.ndarray, p: dict[str, np.ndarray], activation: str = "gelu_new") -> tuple[np.ndarray, tuple]:
+def feedforward_forward(x: np.ndarray, p: dict[str, np.ndarray],
+                        activation: str = "gelu_new") -> tuple[np.ndarray, tuple]:
     """x: (B, T, H), p: {ffn.weight, ffn.bias, ffn_output.weight, ffn_output.bias}  ->  y: (B, T, H)."""
     a, ffn_cache = linear_forward(x, p["ffn.weight"], None)
     u, gelu_cache = gelu_forward(a, p["ffn.bias"], activation)

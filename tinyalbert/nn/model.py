@@ -23,13 +23,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..memory import keep_freed_memory
 from .body import albert_body_backward, albert_body_forward, prepare_inputs
 from .config import AlbertConfig
 from .encoder import check_depth
-from .heads import (mlm_head_backward, mlm_head_forward, pooler_backward, pooler_forward, sop_head_backward,
-                    sop_head_forward)
+from .heads import (
+    mlm_head_backward,
+    mlm_head_forward,
+    pooler_backward,
+    pooler_forward,
+    sop_head_backward,
+    sop_head_forward,
+)
 from .losses import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
-from ..memory import keep_freed_memory
 from .params import EMB, MLM, POOLER, SOP, Params, check_params, common_dtype, has_sop_head, sub, zero_grads
 
 

@@ -160,7 +160,7 @@ def init_params(config: AlbertConfig, seed: int = 0, dtype: type = np.float32, s
 
 
 def sinusoidal_positions(num_positions: int, dim: int, std: float, dtype: type = np.float32) -> np.ndarray:
-    """A (num_positions, dim) table of sines and cosines (the original Transformer's), scaled to standard deviation ~std.
+    """A (num_positions, dim) table of sines and cosines (the original Transformer's), scaled to a std of about std.
 
     P[p, 2k] = sin(p / 10000^(2k/dim)), P[p, 2k+1] = cos(p / 10000^(2k/dim)), times std·√2.
     An optional starting point for ALBERT's learned position embeddings: P[i]·P[j] depends on i − j

@@ -88,7 +88,7 @@ def run_model(side: str, model, batch: tuple, training: bool) -> tuple[float | N
         out.loss.backward()
         return float(out.loss.detach()), None      # torch keeps its gradients on the parameters
     with torch.inference_mode():
-        return None, model(**dict(zip(names, batch[:3], strict=True)))
+        return None, model(**dict(zip(names[:3], batch[:3], strict=True)))
 
 
 def answer(**fields) -> None:

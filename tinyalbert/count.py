@@ -106,6 +106,11 @@ class Arch:
         return self.layers * self.inner
 
     @property
+    def gelu_arrays(self) -> int:
+        """Arrays the activation keeps: x + b, tanh and the output (gelu_new); x + b and the output (erf GELU)."""
+        return 3 if self.gelu_tanh else 2
+
+    @property
     def head_width(self) -> int:
         """Width of the MLM transform and decoder input: E for ALBERT, H for BERT."""
         return self.embed if self.kind == "albert" else self.hidden
@@ -171,7 +176,7 @@ def _elements(terms: Terms) -> int:
 def run_cache(a: Arch, batch: int, seq: int) -> Terms:
     """The arrays one layer run caches for its backward (attention.py, feedforward.py, layer.py)."""
     rows = batch * seq
-    return [(8, rows * a.hidden), (3 if a.gelu_tanh else 2, rows * a.intermediate),
+    return [(8, rows * a.hidden), (a.gelu_arrays, rows * a.intermediate),
             (1, batch * a.heads * seq * seq), (4, rows)]
 
 
@@ -186,7 +191,7 @@ def body_cache(a: Arch, batch: int, seq: int) -> Terms:
 def heads_cache(a: Arch, batch: int, seq: int) -> Terms:
     """What the MLM head (at the labelled positions), its cross-entropy, the pooler and SOP head keep (heads.py)."""
     M, W = labelled_positions(batch, seq), a.head_width
-    mlm = [(1, M * a.hidden), ((3 if a.gelu_tanh else 2) + 1, M * W), (2, M), (2, M * a.vocab)]
+    mlm = [(1, M * a.hidden), (a.gelu_arrays + 1, M * W), (2, M), (2, M * a.vocab)]
     return mlm + ([(2, batch * a.hidden), (4, batch)] if a.sop_head else [])
 
 
@@ -209,7 +214,7 @@ def memory(a: Arch, batch: int, seq: int, itemsize: int, train: bool, stored_byt
     file's pages are mapped while the converted copies are made.
     """
     B, S, H, I, W, R = batch, seq, a.hidden, a.intermediate, a.head_width, a.runs
-    rows, g = B * S, (3 if a.gelu_tanh else 2)
+    rows, g = B * S, a.gelu_arrays
     bth, bti, probs = rows * H, rows * I, B * a.heads * S * S
     skinny = int(rows <= SKINNY_ROWS)       # linear_forward's transposed product: one more B·S·H in ffn_output
     weights = sum(parameters(a).values()) * itemsize
@@ -302,7 +307,7 @@ def measure(a: Arch, batch: int, seq: int, dtype: str, train: bool, weights_file
 
 # ---- reading the input --------------------------------------------------------------------------------
 def resolve(spec: str) -> tuple[Arch, str | None]:
-    """A preset, a BERT name, a config.json or a tinyalbert weights file -> (Arch, the file's storage dtype or None)."""
+    """A preset, a BERT name, a config.json or a weights file -> (Arch, the file's storage dtype or None)."""
     key = spec.lower()
     if key in BERT_PRESETS:
         return Arch.bert(key), None
@@ -312,14 +317,14 @@ def resolve(spec: str) -> tuple[Arch, str | None]:
             config, params, _, attrs = load_params(spec)      # memory-mapped: nothing is read
         except WeightsError as e:
             raise CountError(str(e)) from None
-        return Arch.albert(config, os.path.basename(spec), attrs["has_sop_head"]), next(iter(params.values())).dtype.name
+        storage = next(iter(params.values())).dtype.name
+        return Arch.albert(config, os.path.basename(spec), attrs["has_sop_head"]), storage
     try:
         config = AlbertConfig.from_name_or_file(spec)
     except (ValueError, TypeError, OSError) as e:
         raise CountError(f"{spec}: {str(e).splitlines()[0]}") from None
-    if os.path.isfile(spec):
-        return Arch.albert(config, os.path.basename(spec)), None
-    return Arch.albert(config, f"ALBERT {key.removeprefix('albert/').removeprefix('albert-').removesuffix('-v2')}"), None
+    preset = key.removeprefix("albert/").removeprefix("albert-").removesuffix("-v2")
+    return Arch.albert(config, os.path.basename(spec) if os.path.isfile(spec) else f"ALBERT {preset}"), None
 
 
 # ---- printing -----------------------------------------------------------------------------------------
@@ -372,9 +377,10 @@ def paper_report() -> str:
                     [f"{t / 1e6:.2f}" + (" *" if c in found else "  ") for c, t in totals.items()])
         matched.update([key] if found else [])
         near = min(totals, key=lambda c: abs(totals[c] - figure * 1e6))
-        verdicts.setdefault(key, f"  {a.name}: {figure}M matches no convention; the nearest is {totals[near] / 1e6:.2f}M "
-                                 f"({CONVENTION_NAMES[near]}), {(figure - 0.5) - totals[near] / 1e6:+.2f}M to "
-                                 f"{(figure + 0.5) - totals[near] / 1e6:+.2f}M away")
+        off = [(figure + half) - totals[near] / 1e6 for half in (-0.5, 0.5)]
+        verdicts.setdefault(key, f"  {a.name}: {figure}M matches no convention; the nearest is "
+                                 f"{totals[near] / 1e6:.2f}M ({CONVENTION_NAMES[near]}), {off[0]:+.2f}M to "
+                                 f"{off[1]:+.2f}M away")
     legend = "\n".join(f"  {c:<8} {name}" for c, name in CONVENTION_NAMES.items())
     return ("The ALBERT paper's Table 1 (millions of parameters) against this count, by convention "
             "(* = rounds to the paper's figure):\n" + table(["model", "paper"] + list(CONVENTIONS), rows) +
@@ -393,7 +399,7 @@ def parameter_report(a: Arch) -> str:
     return "Parameters\n" + table([""] + [x.name for x in archs], rows) + (f"\n  {note}" if note else "")
 
 
-def flops_report(a: Arch, batch: int, seq: int, rate: float | None) -> str:
+def flops_report(a: Arch, batch: int, seq: int, measured: dict | None) -> str:
     fwd, step = flops(a, batch, seq), flops(a, batch, seq, train=True)
     tf, ts = sum(fwd.values()), sum(step.values())
     rows = [[k, si(fwd[k] / batch), f"{100 * fwd[k] / tf:.1f}%", si(step[k] / batch), f"{100 * step[k] / ts:.1f}%"]
@@ -402,9 +408,11 @@ def flops_report(a: Arch, batch: int, seq: int, rate: float | None) -> str:
     text = (f"FLOPs per sequence (matrix products; a training step is 3x a forward and runs the MLM head at "
             f"{labelled_positions(1, seq)} labelled positions per sequence)\n"
             + table(["", "forward", "", "training step", ""], rows))
-    if rate:
-        text += (f"\n  Time at the measured {rate:.0f} GFLOP/s, batch {batch}: forward {tf / rate / 1e9:.2f} s, "
-                 f"training step {ts / rate / 1e9:.2f} s (matrix products only; the other ops come on top)")
+    if measured:
+        rate, shape = measured["gflops"], " x ".join(map(str, measured["shape"]))
+        text += (f"\n  Time at {rate:.0f} GFLOP/s (measured: a {shape} matmul in a fresh process), batch {batch}: "
+                 f"forward {tf / rate / 1e9:.2f} s, training step {ts / rate / 1e9:.2f} s (matrix products only; "
+                 "the other ops come on top)")
     return text
 
 
@@ -449,17 +457,26 @@ def versus_report(a: Arch, b: Arch, batch: int, seq: int, itemsize: int, rate: f
     row("FFN FLOPs per token, all runs", si(ffn_a * a.runs), si(ffn_b * b.runs), ffn_a * a.runs / (ffn_b * b.runs))
     row(f"forward FLOPs per sequence (seq {seq})", si(fa / batch), si(fb / batch), fa / fb)
     row("training step FLOPs per sequence", si(3 * fa / batch), si(3 * fb / batch), fa / fb)
-    row(f"activations kept for the backward (batch {batch})", mib(ma["kept"]), mib(mb["kept"]), ma["kept"] / mb["kept"])
+    row(f"activations kept for the backward (batch {batch})", mib(ma["kept"]), mib(mb["kept"]),
+        ma["kept"] / mb["kept"])
     row("weights + gradients + AdamW", mib(4 * ma["weights"]), mib(4 * mb["weights"]), ma["weights"] / mb["weights"])
     row("peak tensors, training step", mib(ma["peak"]), mib(mb["peak"]), ma["peak"] / mb["peak"])
     if rate:
         row(f"forward time at {rate:.0f} GFLOP/s", f"{fa / rate / 1e9:.2f} s", f"{fb / rate / 1e9:.2f} s", fa / fb)
     why = (f"  {a.name} stores {pa / pb:.2f}x the parameters of {b.name} but computes {fa / fb:.1f}x the FLOPs: "
            f"parameters count a weight set once, FLOPs count every use.  Its FFN does "
-           f"{ffn_a / ffn_b:.0f}x the work per token and layer run (H {a.hidden} vs {b.hidden}, I {a.intermediate} vs "
-           f"{b.intermediate}), applied {a.runs} times against {b.runs}; and each run caches "
+           f"{ffn_a / ffn_b:.0f}x the work per token and layer run (H {a.hidden} vs {b.hidden}, I {a.intermediate} "
+           f"vs {b.intermediate}), applied {a.runs} times against {b.runs}; and each run caches "
            f"{_elements(run_cache(a, batch, seq)) / _elements(run_cache(b, batch, seq)):.1f}x the activations "
            f"for the backward.")
+    # activations grow with the batch, weights do not: find where the order of the training peaks flips
+    def a_needs_more(n: int) -> bool:
+        return memory(a, n, seq, itemsize, True)["peak"] > memory(b, n, seq, itemsize, True)["peak"]
+
+    flip = next((n for n in range(batch + 1, 4097) if a_needs_more(n) != a_needs_more(batch)), None)
+    if flip:
+        why += (f"\n  From batch {flip} x seq {seq} on, {a.name if ma['peak'] <= mb['peak'] else b.name}'s training "
+                f"step needs the more memory: the activations outgrow the difference in weights.")
     return (f"{a.name} against {b.name}\n" + table(["", a.name, b.name, "ratio"], rows) + "\n" + why)
 
 
@@ -511,15 +528,12 @@ def main(argv: list[str] | None = None) -> int:
         stored = sum(parameters(a).values()) * np.dtype(storage).itemsize if storage not in (None, args.dtype) else 0
         measured = None if args.no_measure else measure(a, args.batch, args.seq, args.dtype, args.train,
                                                         weights_file=args.model if storage else None)
-        rate = measured and measured["gflops"]
         parts = [a.describe() + f"; batch {args.batch} x seq {args.seq}, {args.dtype}", parameter_report(a),
-                 flops_report(a, args.batch, args.seq, rate),
+                 flops_report(a, args.batch, args.seq, measured),
                  memory_report(a, args.batch, args.seq, itemsize, args.train, stored,
                                measured and measured["runtime_bytes"])]
-        if measured:
-            parts[2] += f"\n  (rate: {args.dtype} matmul {' x '.join(map(str, measured['shape']))} in a fresh process)"
         if other:
-            parts.append(versus_report(a, other, args.batch, args.seq, itemsize, rate))
+            parts.append(versus_report(a, other, args.batch, args.seq, itemsize, measured and measured["gflops"]))
         if args.paper:
             parts.append(paper_report())
         print("\n\n".join(parts))

@@ -15,15 +15,17 @@ FLOPs are matrix products only, per op family, exactly as tinyalbert.bench count
 (docs/performance.md): the backward costs twice the forward, and a training step runs the MLM head at the
 labelled 15 % of positions only.
 
-Memory is what this engine holds, read off its forward functions (nn/*.py).  One layer run caches, for its
-backward, its input, q, k, v, the context, the two residual sums that feed its LayerNorms and the attention
-output (8 arrays of B·S·H), the FFN's pre-activation, tanh and output (3 of B·S·I; 2 for the erf GELU),
-the attention probabilities (B·NH·S·S) and 4 LayerNorm row statistics.  A forward without a backward keeps
-only the hidden states, plus, while a layer runs, the cache of the run before it.  A training step holds
-weights, gradients and AdamW's two moments; training's malloc policy (tinyalbert/memory.py) keeps freed
-arrays under 32 MiB in the process, so AdamW's temporaries (two of the largest tensor's size at once, for
-the larger tensors) come on top of the activations' memory rather than reusing it.  The estimated peak RSS
-adds the runtime (interpreter, NumPy, Numba's kernels, BLAS buffers), measured in a fresh process.
+Memory is what this engine holds, read off its forward functions (nn/*.py) and checked against their caches
+by tests/test_count.py.  One layer run caches its input, q, k, v, the context, the two residual sums before
+its LayerNorms and the attention output (8 arrays of B·S·H), the GELU's input, tanh and output (3 of B·S·I;
+2 for the erf GELU), the attention probabilities (B·NH·S·S) and 4 LayerNorm row statistics.  A forward
+without a backward keeps the hidden states, and while a layer runs, the cache of the run before it.  A
+training step adds gradients and AdamW's two moments.  Arrays up to 32 MiB come from the heap, which keeps
+its high-water mark (training's malloc policy, memory.py, on purpose; glibc's default mostly); larger ones
+are mapped and unmapped on their own.  So the peak is taken phase by phase: for xxlarge at batch 1, AdamW's
+temporaries for the 256 MiB FFN weight come on top of the activations' heap, and set the peak.  The
+estimated peak RSS adds the runtime (interpreter, NumPy, Numba's kernels, BLAS buffers) measured in a fresh
+process.
 
 Time is the FLOP count at the matmul rate measured on this machine, in that fresh process, on the model's
 FFN shape in the engine's own layout (`--no-measure` skips the few seconds this takes).
@@ -429,6 +431,8 @@ def memory_report(a: Arch, batch: int, seq: int, itemsize: int, train: bool, sto
     if runtime:
         rows.append(["+ runtime", mib(runtime), "measured: interpreter, NumPy, Numba kernels, BLAS buffers"])
         rows.append(["= estimated peak RSS", mib(m["peak"] + runtime), ""])
+    else:
+        rows.append(["+ runtime", "not measured", "the interpreter's, NumPy's, Numba's own memory (--no-measure)"])
     what = "a training step with AdamW" if train else "a forward"
     text = (f"Memory of {what} at batch {batch} x seq {seq}, {itemsize * 8}-bit floats\n"
             + table(None, rows, align="lrl"))

@@ -114,38 +114,39 @@ def transformers_tensors(model, config: AlbertConfig, input_ids: np.ndarray) -> 
     names = run_names(config)
     runs = [-1]                          # index of the layer run in progress
 
-    def keep(name, pick):
-        return lambda module, args, output: got.__setitem__(name() if callable(name) else name,
-                                                            pick(args, output).detach().numpy())
+    def capture(name, value):
+        """A forward hook storing value(inputs, output) under `name`: a string, or a function of the current run."""
+        def hook(module, inputs, output):
+            got[name() if callable(name) else name] = value(inputs, output).detach().numpy()
+        return hook
 
     def in_run(what):
         return lambda: f"{names[runs[0]]} {what}"
 
-    def next_run(module, args):
+    def next_run(module, inputs):
         runs[0] += 1
 
-    out_, in_ = (lambda args, output: output), (lambda args, output: args[0])
-    hooks = []
+    output, first_output, first_input = (lambda i, o: o), (lambda i, o: o[0]), (lambda i, o: i[0])
     albert = model.albert
-    hooks.append(albert.embeddings.register_forward_hook(keep("embeddings", out_)))
-    hooks.append(albert.encoder.embedding_hidden_mapping_in.register_forward_hook(keep("projection", out_)))
+    hooks = [albert.embeddings.register_forward_hook(capture("embeddings", output)),
+             albert.encoder.embedding_hidden_mapping_in.register_forward_hook(capture("projection", output))]
     for group in albert.encoder.albert_layer_groups:
         for layer in group.albert_layers:
             att = layer.attention
             hooks += [layer.register_forward_pre_hook(next_run),
-                      att.query.register_forward_hook(keep(in_run("query"), out_)),
-                      att.key.register_forward_hook(keep(in_run("key"), out_)),
-                      att.value.register_forward_hook(keep(in_run("value"), out_)),
-                      att.dense.register_forward_hook(keep(in_run("context"), in_)),
-                      att.register_forward_hook(keep(in_run("attention output"), lambda a, o: o[0])),
-                      layer.ffn_output.register_forward_hook(keep(in_run("FFN intermediate"), in_)),
-                      layer.ffn_output.register_forward_hook(keep(in_run("FFN output"), out_)),
-                      layer.register_forward_hook(keep(in_run("layer output"), lambda a, o: o[0]))]
-    hooks += [model.predictions.decoder.register_forward_hook(keep("MLM transform", in_)),
-              model.predictions.register_forward_hook(keep("MLM logits", out_))]
+                      att.query.register_forward_hook(capture(in_run("query"), output)),
+                      att.key.register_forward_hook(capture(in_run("key"), output)),
+                      att.value.register_forward_hook(capture(in_run("value"), output)),
+                      att.dense.register_forward_hook(capture(in_run("context"), first_input)),
+                      att.register_forward_hook(capture(in_run("attention output"), first_output)),
+                      layer.ffn_output.register_forward_hook(capture(in_run("FFN intermediate"), first_input)),
+                      layer.ffn_output.register_forward_hook(capture(in_run("FFN output"), output)),
+                      layer.register_forward_hook(capture(in_run("layer output"), first_output))]
+    hooks += [model.predictions.decoder.register_forward_hook(capture("MLM transform", first_input)),
+              model.predictions.register_forward_hook(capture("MLM logits", output))]
     if hasattr(model, "sop_classifier"):
-        hooks += [albert.pooler_activation.register_forward_hook(keep("pooled", out_)),
-                  model.sop_classifier.register_forward_hook(keep("SOP logits", out_))]
+        hooks += [albert.pooler_activation.register_forward_hook(capture("pooled", output)),
+                  model.sop_classifier.register_forward_hook(capture("SOP logits", output))]
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
     try:
         with torch.no_grad():

@@ -289,9 +289,8 @@ def probe(spec: dict) -> None:
         labels = np.full_like(ids, -100)
         labels[0, 3] = 7
         AdamW(model.params).step(model.loss_and_grads(ids, None, None, labels, [0])[1])
-    with open("/proc/self/status") as f:
-        rss = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), None)
-    print(json.dumps({"gflops": gflops, "shape": [rows, k, n], "runtime_bytes": rss}))
+    import psutil
+    print(json.dumps({"gflops": gflops, "shape": [rows, k, n], "runtime_bytes": psutil.Process().memory_info().rss}))
 
 
 def measure(a: Arch, batch: int, seq: int, dtype: str, train: bool, weights_file: str | None,

@@ -12,8 +12,18 @@ import pytest
 
 import tinyalbert
 from tinyalbert.bench import make_batch, model_flops
-from tinyalbert.count import (Arch, PAPER_TABLE_1, body_cache, flops, heads_cache, labelled_positions, main,
-                              parameters, resolve, si)
+from tinyalbert.count import (
+    PAPER_TABLE_1,
+    Arch,
+    body_cache,
+    flops,
+    heads_cache,
+    labelled_positions,
+    main,
+    parameters,
+    resolve,
+    si,
+)
 from tinyalbert.nn import model as model_module
 from tinyalbert.nn.body import albert_body_forward, prepare_inputs
 from tinyalbert.nn.config import PRESETS, AlbertConfig
@@ -118,13 +128,17 @@ def test_kept_activations_are_the_caches_the_engine_holds(config, monkeypatch):
 
     # a training step: everything the forward functions return while loss_and_grads runs
     returned = []
-    for name in ("albert_body_forward", "mlm_head_forward", "cross_entropy_forward", "pooler_forward",
-                 "sop_head_forward"):
-        def recording(*args, _f=getattr(model_module, name), **kwargs):
-            out = _f(*args, **kwargs)
+
+    def recorder(forward):
+        def recording(*args, **kwargs):
+            out = forward(*args, **kwargs)
             returned.append(out)
             return out
-        monkeypatch.setattr(model_module, name, recording)
+        return recording
+
+    for name in ("albert_body_forward", "mlm_head_forward", "cross_entropy_forward", "pooler_forward",
+                 "sop_head_forward"):
+        monkeypatch.setattr(model_module, name, recorder(getattr(model_module, name)))
     tinyalbert.Albert(config, params).loss_and_grads(ids, types, mask, labels, sop)
     expected = sum(n * s for n, s in body_cache(arch, batch, seq) + heads_cache(arch, batch, seq)) * 4
     assert _float_bytes(returned, param_ids) == expected

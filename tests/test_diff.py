@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from tinyalbert.diff import (DEFAULT_THRESHOLD, RUN_TENSORS, diff, first_above, format_rows, main, run_names,
-                             transformers_model)
+from tinyalbert.diff import (
+    DEFAULT_THRESHOLD,
+    RUN_TENSORS,
+    diff,
+    first_above,
+    format_rows,
+    main,
+    run_names,
+    transformers_model,
+)
 from tinyalbert.nn.config import AlbertConfig
 from tinyalbert.nn.params import init_params
 from tinyalbert.weights import load_params, save

@@ -261,6 +261,7 @@ def probe(spec: dict) -> None:
     import time
 
     import tinyalbert
+
     from .nn.linear import linear_forward
 
     dtype = np.dtype(spec["dtype"]).type
@@ -345,8 +346,10 @@ def table(header: list[str] | None, rows: list[list[str]], align: str = "") -> s
     rows = ([header] if header else []) + rows
     align = align or "l" + "r" * (len(rows[0]) - 1)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  " + "  ".join(c.ljust(w) if al == "l" else c.rjust(w) for c, w, al in zip(r, widths, align))
-                      .rstrip() for r in rows)
+    def line(cells: list[str]) -> str:
+        padded = (c.ljust(w) if al == "l" else c.rjust(w) for c, w, al in zip(cells, widths, align, strict=True))
+        return ("  " + "  ".join(padded)).rstrip()
+    return "\n".join(line(r) for r in rows)
 
 
 def paper_note(a: Arch) -> str | None:

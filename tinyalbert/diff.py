@@ -66,8 +66,8 @@ def run_names(config: AlbertConfig) -> list[str]:
 # ---- tinyalbert ---------------------------------------------------------------------------------------
 def tinyalbert_tensors(config: AlbertConfig, params: Params, input_ids: np.ndarray) -> dict[str, np.ndarray]:
     """Every intermediate tensor of tinyalbert's forward on input_ids (B, T), by name, in order."""
-    from .nn.body import albert_body_forward, body_cache_tensors, prepare_inputs
     from .nn.attention import heads
+    from .nn.body import albert_body_forward, body_cache_tensors, prepare_inputs
     from .nn.heads import mlm_head_cache_tensors, mlm_head_forward, pooler_forward, sop_head_forward
     from .nn.linear import linear_forward
 
@@ -77,14 +77,14 @@ def tinyalbert_tensors(config: AlbertConfig, params: Params, input_ids: np.ndarr
     out = {"embeddings": embedded, "projection": hidden[0]}
     outputs = [run["input"] for _, _, run in runs[1:]] + [hidden[-1]]
     nh, sqrt_hs = config.num_attention_heads, embedded.dtype.type(math.sqrt(config.head_size))
-    for name, (group, j, run), layer_out in zip(run_names(config), runs, outputs):
+    for name, (group, j, run), layer_out in zip(run_names(config), runs, outputs, strict=True):
         p = sub(params, layer_prefix(group, j))
         q, k = (heads(np.ascontiguousarray(run[w]), nh) for w in ("query", "key"))
         scores = np.matmul(q, k.swapaxes(-1, -2)) / sqrt_hs      # as the engine: q kᵀ, scaled in the softmax
         ffn_out, _ = linear_forward(run["ffn_activation"], p["ffn_output.weight"], p["ffn_output.bias"])
         values = (run["query"], run["key"], run["value"], scores, run["probabilities"], run["context"],
                   run["attention_output"], run["ffn_activation"], ffn_out, layer_out)
-        out.update({f"{name} {what}": v for what, v in zip(RUN_TENSORS, values)})
+        out.update({f"{name} {what}": v for what, v in zip(RUN_TENSORS, values, strict=True)})
     logits, mlm_cache = mlm_head_forward(hidden[-1], sub(params, MLM), params[EMB + "word_embeddings.weight"],
                                          config.layer_norm_eps, config.hidden_act)
     out.update({"MLM transform": mlm_head_cache_tensors(mlm_cache)["transform"], "MLM logits": logits})
@@ -156,7 +156,7 @@ def transformers_tensors(model, config: AlbertConfig, input_ids: np.ndarray) -> 
         for h in hooks:
             h.remove()
     nh, hs = config.num_attention_heads, config.head_size
-    for name, probs in zip(names, result.attentions):
+    for name, probs in zip(names, result.attentions, strict=True):
         q, k = (torch.from_numpy(got[f"{name} {w}"]) for w in ("query", "key"))
         q, k = (t.view(t.shape[0], -1, nh, hs).transpose(1, 2) for t in (q, k))
         got[f"{name} scores"] = (torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hs)).numpy()

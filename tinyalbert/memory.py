@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 
 _applied = False
+# Arrays up to this size come from (and go back to) the heap that training keeps; larger ones are mapped
+# and unmapped on their own (glibc's M_MMAP_THRESHOLD; 32 MiB is the most mallopt allows).
+HEAP_ARRAY_LIMIT = 32 * 2 ** 20
 
 
 def keep_freed_memory() -> None:
@@ -28,7 +31,7 @@ def keep_freed_memory() -> None:
 
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)
+        libc.mallopt(m_mmap_threshold, HEAP_ARRAY_LIMIT)
         libc.mallopt(m_trim_threshold, 2 ** 30)
     except (OSError, AttributeError):
         pass

@@ -78,3 +78,17 @@ def self_attention_backward(dout: np.ndarray, cache: tuple, g: dict[str, np.ndar
     dx += linear_backward(dv, v_cache, g["value.weight"], g["value.bias"])
     dx += dsum.reshape(dout.shape)
     return dx
+
+
+def attention_cache_tensors(cache: tuple) -> dict[str, np.ndarray]:
+    """The arrays a forward cached, by name, for tools that look inside (tinyalbert.diff); read-only views.
+
+    input, query, key, value, context, residual_sum (= input + dense(context)): (B, T, H);
+    probabilities: (B, NH, T, T).
+    """
+    q_cache, _, _, qh, kh, vh, probs, _, dense_cache, ln_cache, _ = cache
+    B, T, H = dense_cache[0].shape
+    merged = {name: h.transpose(0, 2, 1, 3).reshape(B, T, H) for name, h in (("query", qh), ("key", kh),
+                                                                              ("value", vh))}
+    return {"input": q_cache[0], **merged, "probabilities": probs, "context": dense_cache[0],
+            "residual_sum": ln_cache[0].reshape(B, T, H)}

@@ -20,6 +20,7 @@ import numpy as np
 from .config import AlbertConfig
 from .embeddings import embeddings_backward, embeddings_forward
 from .encoder import encoder_backward, encoder_forward
+from .layer import layer_cache_tensors
 from .params import EMB, Params, sub
 from .softmax import additive_key_mask
 
@@ -97,3 +98,10 @@ def albert_body_backward(dlast: np.ndarray, cache: tuple, grads: Params) -> None
     embeddings_cache, encoder_cache, pad_token_id = cache
     dembedded = encoder_backward(dlast, encoder_cache, grads)
     embeddings_backward(dembedded, embeddings_cache, sub(grads, EMB), padding_idx=pad_token_id)
+
+
+def body_cache_tensors(cache: tuple) -> tuple[np.ndarray, list[tuple[int, int, dict[str, np.ndarray]]]]:
+    """The body's cache, for tools that look inside (tinyalbert.diff): (embeddings output (B, T, E),
+    [(group, inner layer, layer.layer_cache_tensors(...)) for every layer run, in order])."""
+    _, (proj_cache, layer_caches), _ = cache
+    return proj_cache[0], [(group, j, layer_cache_tensors(c)) for group, j, c in layer_caches]

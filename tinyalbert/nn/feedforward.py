@@ -29,3 +29,9 @@ def feedforward_backward(dy: np.ndarray, cache: tuple, g: dict[str, np.ndarray])
     du = linear_backward(dy, out_cache, g["ffn_output.weight"], g["ffn_output.bias"])
     da = gelu_backward(du, gelu_cache, g["ffn.bias"])
     return linear_backward(da, ffn_cache, g["ffn.weight"], None)
+
+
+def feedforward_cache_tensors(cache: tuple) -> dict[str, np.ndarray]:
+    """The arrays a forward cached, by name (read-only): input (B, T, H); activation = gelu(x W1^T + b1) (B, T, I)."""
+    ffn_cache, _, out_cache = cache
+    return {"input": ffn_cache[0], "activation": out_cache[0].reshape(*ffn_cache[0].shape[:-1], -1)}

@@ -61,3 +61,8 @@ def mlm_head_backward(dlogits: np.ndarray, cache: tuple, g: dict[str, np.ndarray
     du = layernorm_backward(dt, ln_cache, g["LayerNorm.weight"], g["LayerNorm.bias"])
     da = gelu_backward(du, gelu_cache, g["dense.bias"])
     return linear_backward(da, dense_cache, g["dense.weight"], None)
+
+
+def mlm_head_cache_tensors(cache: tuple) -> dict[str, np.ndarray]:
+    """The MLM head's cached arrays by name (read-only): transform = LayerNorm(gelu(h Wd^T + bd)), the decoder input."""
+    return {"transform": cache[3][0]}

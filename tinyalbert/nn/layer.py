@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention import self_attention_backward, self_attention_forward
-from .feedforward import feedforward_backward, feedforward_forward
+from .attention import attention_cache_tensors, self_attention_backward, self_attention_forward
+from .feedforward import feedforward_backward, feedforward_cache_tensors, feedforward_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .params import sub
 
@@ -33,3 +33,12 @@ def albert_layer_backward(dout: np.ndarray, cache: tuple, g: dict[str, np.ndarra
     dsum = layernorm_backward(dout, ln_cache, g["full_layer_layer_norm.weight"], g["full_layer_layer_norm.bias"])
     da = dsum + feedforward_backward(dsum, ffn_cache, g)
     return self_attention_backward(da, attn_cache, sub(g, "attention."))
+
+
+def layer_cache_tensors(cache: tuple) -> dict[str, np.ndarray]:
+    """One layer run's cached arrays by name (read-only): the attention's (attention.attention_cache_tensors),
+    then "attention_output" (the FFN's input) and "ffn_activation" (B, T, I)."""
+    attn_cache, ffn_cache, _ = cache
+    ffn = feedforward_cache_tensors(ffn_cache)
+    return {**attention_cache_tensors(attn_cache), "attention_output": ffn["input"],
+            "ffn_activation": ffn["activation"]}

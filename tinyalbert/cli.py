@@ -1,8 +1,17 @@
-"""What every command-line tool of tinyalbert does with an error nobody foresaw: one line, not a traceback."""
+"""What every command-line tool of tinyalbert does with an error: one line on stderr, never a traceback."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`error: ... (see --help)`) and exit code 2, like every other
+    bad input of the commands, instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def report_unexpected(error: BaseException) -> int:

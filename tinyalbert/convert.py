@@ -37,7 +37,7 @@ import types
 
 import numpy as np
 
-from .cli import report_unexpected
+from .cli import OneLineParser, report_unexpected
 from .nn.config import AlbertConfig
 from .nn.params import SOP_HEAD_KEYS, param_shapes
 from .weights import WeightsError, save
@@ -424,13 +424,9 @@ def download_from_hub(repo: str, directory: str | None) -> str:
 # ---------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other error of this command
-        self.exit(2, f"error: {message} (see --help)\n")
-
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m tinyalbert.convert",
         usage="python -m tinyalbert.convert SRC OUT.h5 [--dtype float32|float16]\n"
               "       python -m tinyalbert.convert [DIR] OUT.h5 --from-hub REPO [--dtype float32|float16]",

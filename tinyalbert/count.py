@@ -32,7 +32,6 @@ FFN shape in the engine's own layout (`--no-measure` skips the few seconds this 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -41,6 +40,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .cli import OneLineParser, report_unexpected
 from .memory import HEAP_ARRAY_LIMIT
 from .nn.config import AlbertConfig
 from .nn.linear import SKINNY_ROWS
@@ -486,13 +486,9 @@ def versus_report(a: Arch, b: Arch, batch: int, seq: int, itemsize: int, rate: f
     return (f"{a.name} against {b.name}\n" + table(["", a.name, b.name, "ratio"], rows) + "\n" + why)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other error of this command
-        self.exit(2, f"error: {message} (see --help)\n")
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m tinyalbert.count",
         description="Parameters, FLOPs, memory and time of an ALBERT (or BERT), before running it: parameters by "
                     "part (shared, unshared and next to BERT of the same H, I, L), matmul FLOPs per op family for "
@@ -549,8 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001  (a bug or an unforeseen file: still one line)
-        from .cli import report_unexpected
+    except Exception as e:  # a bug or an unforeseen file: still one line (TINYALBERT_DEBUG=1 shows the traceback)
         return report_unexpected(e)
     return 0
 

@@ -24,7 +24,6 @@ threshold, 2 for bad input.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cli import OneLineParser
 from .nn.config import AlbertConfig
 from .nn.params import EMB, MLM, POOLER, SOP, Params, has_sop_head, layer_prefix, sub
 
@@ -242,13 +242,9 @@ def format_rows(rows: list[Row], threshold: float) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other error of this command
-        self.exit(2, f"error: {message} (see --help)\n")
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m tinyalbert.diff",
         description="Run the same weights and input through tinyalbert and transformers' AlbertForPreTraining "
                     "(eager attention, eval) and print the relative error of every intermediate tensor in the "

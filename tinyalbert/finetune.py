@@ -35,6 +35,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .cli import OneLineParser
+
 DEFAULT_SOURCES = ("tinystories", "wikinews", "gutenberg")
 # Sources whose files hold the same documents in parallel (document k of every file is one text).
 PARALLEL_SOURCES = frozenset({"onestopenglish"})
@@ -381,13 +383,9 @@ def confusion_table(confusion: np.ndarray, names: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):      # one line, exit 2, like every other bad input
-        self.exit(2, f"error: {message} (see --help)\n")
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="python -m tinyalbert.finetune", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m tinyalbert.finetune", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="where to write the fine-tuned classifier (.h5)")
     p.add_argument("--weights", help="pretrained tinyalbert weights (default: $TINYALBERT_WEIGHTS, else the "
                                      "bundled small model)")

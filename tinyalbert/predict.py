@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .cli import report_unexpected
+from .cli import OneLineParser, report_unexpected
 from .nn.encoder import check_depth
 from .nn.losses import log_softmax
 
@@ -287,10 +286,6 @@ def _format_lens(text: str, lens: list, show_tokens: bool, model, depth: int | N
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other error of this command
-        self.exit(2, f"error: {message} (see --help)\n")
-
 
 def _read_lines(stream) -> list[str]:
     return [line.rstrip("\r\n") for line in stream if line.strip()]
@@ -309,7 +304,7 @@ def _resolve_weights(arg: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m tinyalbert.predict",
+    parser = OneLineParser(prog="python -m tinyalbert.predict",
                      description="Fill in [MASK] tokens (or score sentence order) with ALBERT.")
     parser.add_argument("texts", nargs="*", help="input texts, each with at least one [MASK]")
     parser.add_argument("--file", help="read inputs from this file, one per line ('-' for stdin)")

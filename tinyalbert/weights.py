@@ -322,14 +322,11 @@ def describe(path: str | os.PathLike) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     import sys
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # one line
-            self.exit(2, f"error: {message} (see --help)\n")
+    from .cli import OneLineParser
 
-    parser = Parser(prog="python -m tinyalbert.weights",
+    parser = OneLineParser(prog="python -m tinyalbert.weights",
                                      description="Check a tinyalbert weights file and print what it holds.")
     parser.add_argument("path", help="weights file (.h5) written by tinyalbert.convert or tinyalbert.weights.save")
     args = parser.parse_args(argv)

@@ -268,45 +268,94 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _block(entries: list[tuple[bytes, bytes]], compression: int = 0) -> tuple[bytes, bytes]:
-    """(block content, trailer): every entry a restart point (no prefix sharing)."""
-    content, restarts = bytearray(), []
-    for key, value in entries:
-        restarts.append(len(content))
-        content += _varint(0) + _varint(len(key)) + _varint(len(value)) + key + value
+def _block(entries: list[tuple[bytes, bytes]], compression: int = 0, restart_interval: int = 16
+           ) -> tuple[bytes, bytes]:
+    """(block content, trailer), keys prefix-compressed between restart points as LevelDB writes them."""
+    content, restarts, previous = bytearray(), [], b""
+    for i, (key, value) in enumerate(entries):
+        shared = 0
+        if i % restart_interval:
+            while shared < min(len(key), len(previous)) and key[shared] == previous[shared]:
+                shared += 1
+        else:
+            restarts.append(len(content))
+        content += _varint(shared) + _varint(len(key) - shared) + _varint(len(value)) + key[shared:] + value
+        previous = key
     content += b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts))
     type_byte = bytes([compression])
     return bytes(content), type_byte + struct.pack("<I", tfc.mask_crc(tfc.crc32c(bytes(content) + type_byte)))
 
 
-def write_index(path: Path, entries: list[tuple[bytes, bytes]], compression: int = 0) -> None:
-    data, data_trailer = _block(entries, compression)
-    meta, meta_trailer = _block([])
-    handle_of_data = _varint(0) + _varint(len(data))
-    meta_offset = len(data) + 5
-    index, index_trailer = _block([(entries[-1][0], handle_of_data)])
-    index_offset = meta_offset + len(meta) + 5
-    footer = _varint(meta_offset) + _varint(len(meta)) + _varint(index_offset) + _varint(len(index))
-    footer = footer.ljust(40, b"\0") + struct.pack("<Q", tfc.TABLE_MAGIC)
-    path.write_bytes(data + data_trailer + meta + meta_trailer + index + index_trailer + footer)
+def write_index(path: Path, entries: list[tuple[bytes, bytes]], compression: int = 0,
+                entries_per_block: int = 50) -> None:
+    """A .index file holding `entries` (sorted by key) in data blocks of `entries_per_block` entries."""
+    out, index_entries = bytearray(), []
+    for start in range(0, len(entries), entries_per_block):
+        chunk = entries[start:start + entries_per_block]
+        content, trailer = _block(chunk, compression)
+        index_entries.append((chunk[-1][0], _varint(len(out)) + _varint(len(content))))
+        out += content + trailer
+    handles = []
+    for block in ([], index_entries):
+        content, trailer = _block(block)
+        handles.append(_varint(len(out)) + _varint(len(content)))
+        out += content + trailer
+    footer = (handles[0] + handles[1]).ljust(40, b"\0") + struct.pack("<Q", tfc.TABLE_MAGIC)
+    path.write_bytes(bytes(out) + footer)
+
+
+def index_block_of(folder: Path) -> bytes:
+    raw = index_of(folder).read_bytes()
+    footer = raw[-tfc.FOOTER_LENGTH:]
+    _, pos = tfc._read_handle(footer, 0)
+    index_handle, _ = tfc._read_handle(footer, pos)
+    return tfc._read_block(raw, index_handle, "", "index block")
 
 
 def rewritten(folder: Path, change) -> None:
     """Rewrite folder's index with change(key, value) -> value applied to every entry."""
     raw = index_of(folder).read_bytes()
     entries = []
-    footer = raw[-tfc.FOOTER_LENGTH:]
-    (_, _), pos = tfc._read_handle(footer, 0)
-    index_handle, _ = tfc._read_handle(footer, pos)
-    index_block = tfc._read_block(raw, index_handle, "", "index block")
-    for _, handle_bytes in tfc._block_entries(index_block, "", "index block"):
+    for _, handle_bytes in tfc._block_entries(index_block_of(folder), "", "index block"):
         handle, _ = tfc._read_handle(handle_bytes, 0)
         entries += tfc._block_entries(tfc._read_block(raw, handle, "", "data block"), "", "data block")
     write_index(index_of(folder), [(k, change(k, v)) for k, v in entries])
 
 
+def _entry_proto(dtype_code: int, shape: tuple[int, ...], offset: int, raw: bytes) -> bytes:
+    dims = b"".join(_varint(2 << 3 | 2) + _varint(len(d)) + d for d in (_varint(1 << 3) + _varint(n) for n in shape))
+    return (_varint(1 << 3) + _varint(dtype_code) + _varint(2 << 3 | 2) + _varint(len(dims)) + dims
+            + _varint(4 << 3) + _varint(offset) + _varint(5 << 3) + _varint(len(raw))
+            + _varint(6 << 3 | 5) + struct.pack("<I", tfc.mask_crc(tfc.crc32c(raw))))
+
+
+def test_every_supported_dtype(tmp_path):
+    rng = np.random.default_rng(1)
+    wide = rng.normal(size=(3, 4)).astype(np.float32)
+    bfloat16_bits = (wide.view(np.uint32) >> 16).astype("<u2")  # truncation: exact in bfloat16
+    tensors = {b"a/half": (19, rng.normal(size=(2, 3)).astype("<f2")), b"b/bfloat16": (14, bfloat16_bits),
+               b"c/double": (2, rng.normal(size=(5,)).astype("<f8")), b"d/int32": (3, np.arange(-3, 3, dtype="<i4")),
+               b"e/scalar": (9, np.array(7, dtype="<i8")), b"f/empty": (1, np.zeros((0, 4), dtype="<f4"))}
+    data, entries = bytearray(), [(b"", bytes([0x08, 1]))]  # the header: num_shards = 1
+    for name, (code, array) in tensors.items():
+        entries.append((name, _entry_proto(code, array.shape, len(data), array.tobytes())))
+        data += array.tobytes()
+    (tmp_path / "model.ckpt-12345.data-00000-of-00001").write_bytes(bytes(data))
+    write_index(index_of(tmp_path), entries, entries_per_block=2)
+    checkpoint = tfc.TFCheckpoint(tmp_path / "model.ckpt-12345")
+    for name, (code, array) in tensors.items():
+        got = checkpoint.read(name.decode())
+        if code == 14:
+            np.testing.assert_array_equal(got, (wide.view(np.uint32) & 0xFFFF0000).view(np.float32))
+            assert got.dtype == np.float32
+        else:
+            assert got.dtype == array.dtype.newbyteorder("=") and np.array_equal(got, array)
+        assert got.shape == array.shape
+
+
 def test_rewritten_index_reads_the_same(ckpt_copy):
-    rewritten(ckpt_copy, lambda key, value: value)
+    rewritten(ckpt_copy, lambda key, value: value)  # 5 data blocks instead of TensorFlow's one
+    assert len(tfc._block_entries(index_block_of(ckpt_copy), "", "")) == 5
     original, rewritten_one = tfc.TFCheckpoint(CKPT_PREFIX), tfc.TFCheckpoint(ckpt_copy / "model.ckpt-12345")
     assert original.entries.keys() == rewritten_one.entries.keys()
     for name in original.entries:

@@ -282,8 +282,11 @@ def _block_entries(block: bytes, path: str, what: str) -> list[tuple[bytes, byte
     return entries
 
 
-def read_index(path: str) -> tuple[dict, list[BundleEntry]]:
-    """Parse a tensor bundle's .index file: (header fields, tensor entries in key order)."""
+def read_index(path: str) -> tuple[dict[int, int] | None, list[BundleEntry]]:
+    """Parse a tensor bundle's .index file: (header, tensor entries in key order).
+
+    header: the BundleHeaderProto's varint fields by number (1 num_shards, 2 endianness), None if absent.
+    """
     with open(path, "rb") as f:
         index_bytes = f.read()
     if len(index_bytes) < FOOTER_LENGTH:
@@ -301,7 +304,7 @@ def read_index(path: str) -> tuple[dict, list[BundleEntry]]:
     _read_block(index_bytes, metaindex_handle, path, "metaindex block")  # empty in bundles, but checked
     index_block = _read_block(index_bytes, index_handle, path, "index block")
 
-    header: dict = {}
+    header: dict[int, int] | None = None
     entries: list[BundleEntry] = []
     for _, handle_bytes in _block_entries(index_block, path, "index block"):
         try:
@@ -313,8 +316,7 @@ def read_index(path: str) -> tuple[dict, list[BundleEntry]]:
             name = key.decode("utf-8", errors="replace")
             try:
                 if key == b"":
-                    header = {"present": True}
-                    header.update((n, v) for n, v in protobuf_fields(value) if n in (1, 2))
+                    header = {n: v for n, v in protobuf_fields(value) if n in (1, 2)}
                 else:
                     entries.append(decode_bundle_entry(name, value))
             except (IndexError, ValueError) as e:
@@ -338,7 +340,7 @@ class TFCheckpoint:
         if not os.path.isfile(self.index_path):
             raise TFCheckpointError(f"{self.index_path}: no such checkpoint index")
         header, entries = read_index(self.index_path)
-        if not header:
+        if header is None:
             raise TFCheckpointError(f"{self.index_path}: no bundle header (the entry with the empty key)")
         num_shards = header.get(1, 0)
         if num_shards != 1:

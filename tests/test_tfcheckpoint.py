@@ -161,8 +161,10 @@ def test_outputs_match_transformers(converted):
         expected = reference(input_ids=torch.from_numpy(ids), token_type_ids=torch.from_numpy(types))
     for layout in ("ckpt", "hub"):
         got = load(converted[layout]).forward(ids, token_type_ids=types)
-        np.testing.assert_allclose(got.mlm_logits, expected.prediction_logits.numpy(), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(got.sop_logits, expected.sop_logits.numpy(), rtol=1e-5, atol=1e-6)
+        mlm = expected.prediction_logits.numpy()
+        # relative to the logits' scale: some of the 3072 logits are within 1e-3 of zero
+        assert np.abs(got.mlm_logits - mlm).max() <= 1e-5 * np.abs(mlm).max()
+        np.testing.assert_allclose(got.sop_logits, expected.sop_logits.numpy(), rtol=1e-5, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------

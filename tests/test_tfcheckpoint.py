@@ -107,6 +107,20 @@ def test_google_names():
     assert not conv.is_optimizer_state("bert/pooler/dense/kernel")
 
 
+def test_source_detection(tmp_path):
+    hub_files = (str(HUB_PREFIX), str(HUB / "assets" / "albert_config.json"), str(HUB / "assets" / "30k-clean.model"))
+    assert conv.find_tf_source(str(HUB)) == hub_files
+    assert conv.find_tf_source(str(HUB_PREFIX) + ".index") == hub_files
+    ckpt_files = (str(CKPT_PREFIX), str(CKPT / "albert_config.json"), str(CKPT / "30k-clean.model"))
+    assert conv.find_tf_source(str(CKPT)) == ckpt_files
+    assert conv.find_tf_source(str(CKPT_PREFIX)) == ckpt_files
+    assert conv.find_tf_source(str(REFERENCE)) is None  # a Hugging Face folder
+    two = Path(shutil.copytree(CKPT, tmp_path / "two"))
+    shutil.copyfile(index_of(two), two / "model.ckpt-1.index")
+    with pytest.raises(conv.ConvertError, match="holds 2 TensorFlow checkpoints"):
+        conv.find_tf_source(str(two))
+
+
 def test_google_gelu_is_the_tanh_approximation(tmp_path):
     config = conv.google_config(str(CKPT / "albert_config.json"))
     assert config.hidden_act == "gelu_new"

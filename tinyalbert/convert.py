@@ -24,6 +24,19 @@ that older writers saved are ignored.  Anything else missing, unexpected or mis-
 with the full list.
 
 The tensor names need no renaming: tinyalbert uses the reference names as they are.
+
+Google's original TensorFlow checkpoints (google-research/albert) are read too, without TensorFlow
+(the format and its reader: tinyalbert/tfcheckpoint.py).  SRC is then
+
+    a folder with model.ckpt-*.index, model.ckpt-*.data-00000-of-00001, albert_config.json and
+    30k-clean.model (the released tar.gz), or one of its .index files / checkpoint prefixes;
+    a TF-Hub module folder: variables/variables.{index,data-*}, assets/albert_config.json,
+    assets/30k-clean.model (variable names may start with "module/").
+
+Google's names are mapped to the reference names (`google_to_reference`), kernels transposed from
+[in, out] to [out, in], and optimizer slots (adam_m, adam_v) and global_step skipped and reported.
+These checkpoints keep the sentence-order head, so the converted file has one.  albert_config.json's
+"hidden_act": "gelu" is Google's tanh approximation, stored as "gelu_new" (docs/weights-format.md).
 """
 from __future__ import annotations
 
@@ -31,6 +44,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import struct
 import sys
 import types
@@ -39,7 +53,8 @@ import numpy as np
 
 from .cli import OneLineParser, report_unexpected
 from .nn.config import AlbertConfig
-from .nn.params import SOP_HEAD_KEYS, param_shapes
+from .nn.params import EMB, MAPPING, MLM, POOLER, SOP, SOP_HEAD_KEYS, layer_prefix, param_shapes
+from .tfcheckpoint import TFCheckpoint, TFCheckpointError
 from .weights import WeightsError, save
 
 CONFIG_FILE = "config.json"
@@ -196,6 +211,204 @@ def read_torch_bin(path: str) -> dict[str, SourceTensor]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Google's TensorFlow checkpoints
+# ---------------------------------------------------------------------------------------------------
+GOOGLE_CONFIG_FILE = "albert_config.json"
+GOOGLE_SPIECE_FILE = "30k-clean.model"
+HUB_INDEX = os.path.join("variables", "variables.index")
+HUB_ASSETS = "assets"
+
+# Google module -> reference module; a variable is "<module>/<leaf>" with the leaf renamed below.
+_GOOGLE_MODULES = {
+    "bert/embeddings/LayerNorm": EMB + "LayerNorm",
+    "bert/encoder/embedding_hidden_mapping_in": MAPPING.rstrip("."),
+    "bert/pooler/dense": POOLER.rstrip("."),
+    "cls/predictions/transform/dense": MLM + "dense",
+    "cls/predictions/transform/LayerNorm": MLM + "LayerNorm",
+}
+# ...and inside bert/encoder/transformer/group_G/inner_group_I/
+_GOOGLE_LAYER_MODULES = {
+    "attention_1/self/query": "attention.query",
+    "attention_1/self/key": "attention.key",
+    "attention_1/self/value": "attention.value",
+    "attention_1/output/dense": "attention.dense",
+    "LayerNorm": "attention.LayerNorm",
+    "ffn_1/intermediate/dense": "ffn",
+    "ffn_1/intermediate/output/dense": "ffn_output",
+    "LayerNorm_1": "full_layer_layer_norm",
+}
+_GOOGLE_LEAVES = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}
+# Whole variables with no module/leaf split.  output_weights is already [out, in]: no transpose.
+_GOOGLE_VARIABLES = {
+    "bert/embeddings/word_embeddings": EMB + "word_embeddings.weight",
+    "bert/embeddings/position_embeddings": EMB + "position_embeddings.weight",
+    "bert/embeddings/token_type_embeddings": EMB + "token_type_embeddings.weight",
+    "cls/predictions/output_bias": MLM + "bias",
+    "cls/seq_relationship/output_weights": SOP + "weight",
+    "cls/seq_relationship/output_bias": SOP + "bias",
+}
+_LAYER_PATTERN = re.compile(r"bert/encoder/transformer/group_(\d+)/inner_group_(\d+)/(.+)")
+_OPTIMIZER_SLOTS = ("adam_m", "adam_v")
+# Google's albert_config.json keys for variants tinyalbert does not build, with their plain-ALBERT values.
+_GOOGLE_PLAIN_VALUES = {"net_structure_type": 0, "gap_size": 0, "num_memory_blocks": 0, "down_scale_factor": 1,
+                        "layers_to_keep": []}
+
+
+def is_optimizer_state(name: str) -> bool:
+    """adam_m / adam_v slots (Adam and LAMB) and the step counter: training state, not model weights."""
+    name = name.removeprefix("module/")
+    return name == "global_step" or name.rsplit("/", 1)[-1] in _OPTIMIZER_SLOTS
+
+
+def google_to_reference(name: str) -> tuple[str, bool] | None:
+    """(reference name, transpose?) of a Google ALBERT variable, or None if the name is not one.
+
+    Kernels are stored [in, out] and the reference stores [out, in], hence the transpose.
+    """
+    name = name.removeprefix("module/")
+    if name in _GOOGLE_VARIABLES:
+        return _GOOGLE_VARIABLES[name], False
+    module, _, leaf = name.rpartition("/")
+    if leaf not in _GOOGLE_LEAVES:
+        return None
+    layer = _LAYER_PATTERN.fullmatch(module)
+    if layer:
+        inner_module = _GOOGLE_LAYER_MODULES.get(layer.group(3))
+        if inner_module is None:
+            return None
+        reference_module = layer_prefix(int(layer.group(1)), int(layer.group(2))) + inner_module
+    elif module in _GOOGLE_MODULES:
+        reference_module = _GOOGLE_MODULES[module]
+    else:
+        return None
+    return f"{reference_module}.{_GOOGLE_LEAVES[leaf]}", leaf == "kernel"
+
+
+def find_tf_source(src: str) -> tuple[str, str, str] | None:
+    """(checkpoint prefix, albert_config.json, 30k-clean.model) if `src` is a Google TF checkpoint, else None.
+
+    src: a released-tar.gz folder, a TF-Hub module folder, a .index file or a checkpoint prefix.
+    """
+    if os.path.isdir(src):
+        if os.path.isfile(os.path.join(src, HUB_INDEX)):
+            prefix = os.path.join(src, HUB_INDEX).removesuffix(".index")
+            assets = os.path.join(src, HUB_ASSETS)
+        else:
+            indexes = sorted(n for n in os.listdir(src) if n.endswith(".index"))
+            if not indexes:
+                return None
+            if len(indexes) > 1:
+                raise ConvertError(f"{src} holds {len(indexes)} TensorFlow checkpoints ({', '.join(indexes)}); "
+                                   "pass the .index file of the one to convert")
+            prefix = os.path.join(src, indexes[0]).removesuffix(".index")
+            assets = src
+    elif src.endswith(".index") and os.path.isfile(src):
+        prefix, assets = src.removesuffix(".index"), os.path.dirname(os.path.abspath(src))
+    elif not os.path.exists(src) and os.path.isfile(src + ".index"):
+        prefix, assets = src, os.path.dirname(os.path.abspath(src))
+    else:
+        return None
+    if os.path.basename(os.path.dirname(os.path.abspath(prefix))) == "variables" and \
+            not os.path.isfile(os.path.join(assets, GOOGLE_CONFIG_FILE)):
+        assets = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), HUB_ASSETS)
+    config_file = os.path.join(assets, GOOGLE_CONFIG_FILE)
+    spiece_file = os.path.join(assets, GOOGLE_SPIECE_FILE)
+    for needed in (config_file, spiece_file):
+        if not os.path.isfile(needed):
+            raise MissingFileError(f"missing {os.path.basename(needed)}: expected it at {needed} "
+                                   "(beside the TensorFlow checkpoint)")
+    return prefix, config_file, spiece_file
+
+
+def google_config(path: str) -> AlbertConfig:
+    """albert_config.json -> AlbertConfig; Google's "gelu" (tanh approximation) becomes "gelu_new"."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            fields = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConvertError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(fields, dict):
+        raise ConvertError(f"{path}: not a JSON object")
+    for key, plain in _GOOGLE_PLAIN_VALUES.items():
+        if key in fields and fields.pop(key) not in (plain, None):
+            raise ConvertError(f"{path}: {key} is not {plain!r}; tinyalbert builds only the plain ALBERT")
+    activation = fields.get("hidden_act", "gelu")
+    if activation != "gelu":
+        raise ConvertError(f"{path}: hidden_act {activation!r} is not supported; Google's 'gelu' (the tanh "
+                           "approximation) is")
+    fields["hidden_act"] = "gelu_new"
+    fields.setdefault("architectures", ["AlbertForPreTraining"])
+    try:
+        return AlbertConfig.from_dict(fields)
+    except (ValueError, TypeError) as e:
+        raise ConvertError(f"{path}: {e}") from None
+
+
+def read_tf_checkpoint(prefix: str) -> tuple[dict[str, SourceTensor], list[str], TFCheckpoint]:
+    """(tensors under reference names, skipped optimizer-state names, the checkpoint) of a Google checkpoint.
+
+    Names that are neither model variables nor optimizer state are kept as they are, so that
+    select_params lists them as unexpected.
+    """
+    try:
+        checkpoint = TFCheckpoint(prefix)
+    except TFCheckpointError as e:
+        raise ConvertError(str(e)) from None
+    tensors: dict[str, SourceTensor] = {}
+    skipped: list[str] = []
+    for name, entry in checkpoint.entries.items():
+        if is_optimizer_state(name):
+            skipped.append(name)
+            continue
+        mapped = google_to_reference(name)
+        target, transpose = mapped if mapped else (name, False)
+        if target in tensors:
+            raise ConvertError(f"{checkpoint.index_path}: variables {tensors[target].name} and {name} both map "
+                               f"to {target}")
+        try:
+            dtype = checkpoint.decoded_dtype(name)
+        except TFCheckpointError as e:
+            raise ConvertError(str(e)) from None
+        if transpose and len(entry.shape) != 2:
+            raise ConvertError(f"{checkpoint.index_path}: variable {name} has shape {entry.shape}; a kernel "
+                               "should be 2-D")
+
+        def read(name=name, transpose=transpose):
+            try:
+                array = checkpoint.read(name)
+            except TFCheckpointError as e:
+                raise ConvertError(str(e)) from None
+            return np.ascontiguousarray(array.T) if transpose else array
+
+        shape = entry.shape[::-1] if transpose else entry.shape
+        tensors[target] = SourceTensor(name, shape, dtype, read, entry.dtype_name)
+    return tensors, skipped, checkpoint
+
+
+def verify_skipped(checkpoint: TFCheckpoint, skipped: list[str]) -> None:
+    """Check the CRC of the tensors that are not converted too, so that a corrupt file never passes."""
+    for name in skipped:
+        try:
+            checkpoint.verify(name)
+        except TFCheckpointError as e:
+            raise ConvertError(str(e)) from None
+
+
+def describe_skipped(checkpoint: TFCheckpoint, skipped: list[str]) -> str:
+    """One line: how many optimizer tensors were skipped, and the global step if there is one."""
+    slots = [n for n in skipped if n.removeprefix("module/") != "global_step"]
+    parts = [f"{len(slots)} optimizer slots (adam_m, adam_v)"] if slots else []
+    for name in skipped:
+        if name.removeprefix("module/") == "global_step":
+            try:
+                step = checkpoint.read(name)
+            except TFCheckpointError:  # a step counter of an odd dtype is still only a step counter
+                step = None
+            parts.append(f"global_step ({int(step)})" if step is not None and step.size == 1 else "global_step")
+    return "skipped " + " and ".join(parts) if parts else ""
+
+
+# ---------------------------------------------------------------------------------------------------
 # finding the files and matching the tensors
 # ---------------------------------------------------------------------------------------------------
 def find_source(src: str) -> tuple[str, str, str]:
@@ -315,16 +528,34 @@ def convert(src: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "f
     out_dir = os.path.dirname(os.path.abspath(os.fspath(out_path)))
     if not os.path.isdir(out_dir):
         raise ConvertError(f"output directory does not exist: {out_dir}")
-    weights_file, config_file, spiece_file = find_source(os.fspath(src))
-    try:
-        config = AlbertConfig.from_json(config_file)
-    except (ValueError, TypeError) as e:
-        raise ConvertError(f"{config_file}: {e}") from None
+    src = os.fspath(src)
+    tf_source = find_tf_source(src)
+    if tf_source:
+        prefix, config_file, spiece_file = tf_source
+        config = google_config(config_file)
+    else:
+        weights_file, config_file, spiece_file = find_source(src)
+        try:
+            config = AlbertConfig.from_json(config_file)
+        except (ValueError, TypeError) as e:
+            raise ConvertError(f"{config_file}: {e}") from None
     with open(spiece_file, "rb") as f:
         spiece_bytes = f.read()
     _check_vocab(spiece_bytes, config, spiece_file)
 
-    tensors = read_tensors(weights_file)
+    skipped_note = ""
+    if tf_source:
+        tensors, skipped, checkpoint = read_tf_checkpoint(prefix)
+        weights_file = checkpoint.index_path
+        if POOLER + "weight" in tensors and SOP + "weight" not in tensors:
+            # a module exported without the SOP head: its pooler alone has no use in tinyalbert
+            tensors = {k: t for k, t in tensors.items() if not k.startswith(POOLER)}
+        verify_skipped(checkpoint, skipped)
+        skipped_note = describe_skipped(checkpoint, skipped)
+        source_files = (checkpoint.index_path, checkpoint.data_path, config_file, spiece_file)
+    else:
+        tensors = read_tensors(weights_file)
+        source_files = (weights_file, config_file, spiece_file)
     params = select_params(tensors, config, weights_file)
     if out_dtype == np.float16:
         params = {k: _checked_half(t) for k, t in params.items()}
@@ -336,9 +567,13 @@ def convert(src: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "f
         "source_architectures": architectures,
         "source_dtypes": sorted({t.source_dtype for t in tensors.values()}),
         "source_files": [{"name": os.path.basename(p), "bytes": os.path.getsize(p), "sha256": _sha256(p)}
-                         for p in (weights_file, config_file, spiece_file)],
+                         for p in source_files],
         "ignored_tensors": sorted(set(tensors) - set(params)),
     }
+    if tf_source:
+        provenance["source_format"] = "TensorFlow checkpoint (google-research/albert)"
+        provenance["skipped_optimizer_state"] = skipped
+        provenance["source_hidden_act"] = "gelu (Google's tanh approximation, stored as gelu_new)"
     total = sum(int(np.prod(t.shape, dtype=np.int64)) for t in params.values()) * out_dtype.itemsize
     from tqdm import tqdm
 
@@ -349,6 +584,8 @@ def convert(src: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "f
                  dtype=out_dtype, progress=bar.update)
         except WeightsError as e:
             raise ConvertError(str(e)) from None
+    if skipped_note:
+        print(f"{skipped_note} (training state, not model weights)", file=sys.stderr)
     return os.fspath(out_path)
 
 
@@ -431,11 +668,14 @@ def _parser() -> argparse.ArgumentParser:
         usage="python -m tinyalbert.convert SRC OUT.h5 [--dtype float32|float16]\n"
               "       python -m tinyalbert.convert [DIR] OUT.h5 --from-hub REPO [--dtype float32|float16]",
         description="Convert a Hugging Face ALBERT checkpoint (model.safetensors or pytorch_model.bin, with "
-                    "config.json and spiece.model beside it) into a tinyalbert HDF5 weights file.",
+                    "config.json and spiece.model beside it), or one of Google's original TensorFlow checkpoints "
+                    "(model.ckpt-*.index/.data-*, albert_config.json, 30k-clean.model; or a TF-Hub module folder), "
+                    "into a tinyalbert HDF5 weights file.",
         epilog="examples:\n"
                "  python -m tinyalbert.convert ./albert-xxlarge-v2 weights/albert-xxlarge-v2.h5\n"
                "  python -m tinyalbert.convert ./albert-xxlarge-v2 xxlarge-fp16.h5 --dtype float16\n"
-               "  python -m tinyalbert.convert ./albert-xxlarge-v2 out.h5 --from-hub albert/albert-xxlarge-v2",
+               "  python -m tinyalbert.convert ./albert-xxlarge-v2 out.h5 --from-hub albert/albert-xxlarge-v2\n"
+               "  python -m tinyalbert.convert ./albert_xxlarge weights/albert-xxlarge-v2-sop.h5   (Google's tar.gz)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="SRC (checkpoint directory or weights file), then OUT.h5; with --from-hub, "

@@ -301,7 +301,8 @@ def test_cli_writes_the_folder(tmp_path):
     assert "wrote" in result.stdout and (tmp_path / "out" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("case", ["missing", "not-hdf5", "foreign-hdf5", "no-vocabulary", "no-parent"])
+@pytest.mark.parametrize("case", ["missing", "not-hdf5", "foreign-hdf5", "no-vocabulary", "out-is-a-file",
+                                  "parent-is-a-file"])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, case):
     import h5py
 
@@ -314,14 +315,24 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, case):
     elif case == "no-vocabulary":
         config, params, _, _ = load_params(BUNDLED, dtype=None)
         save(model, config, params)
-    elif case == "no-parent":
-        model, out = BUNDLED, tmp_path / "missing" / "out"
+    elif case == "out-is-a-file":
+        model, out = BUNDLED, tmp_path / "out.txt"
+        out.write_text("a file")
+    elif case == "parent-is-a-file":
+        (tmp_path / "parent.txt").write_text("a file")
+        model, out = BUNDLED, tmp_path / "parent.txt" / "out"
     result = run_cli(str(model), str(out), "--no-progress")
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
-    assert not out.exists()
+    assert not out.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["model.h5"], ["out.txt"], ["parent.txt"])
+
+
+def test_missing_parent_folders_are_created(tmp_path):
+    tinyalbert.export(BUNDLED, tmp_path / "exported" / "mini", progress=False)
+    assert (tmp_path / "exported" / "mini" / "model.safetensors").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------

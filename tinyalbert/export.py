@@ -199,8 +199,10 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
         raise ExportError(f"{os.fspath(model_path)} holds no SentencePiece model, so there is no tokenizer to "
                           "export; save the model with spiece_model_bytes")
     parent = os.path.dirname(os.path.abspath(out_dir))
-    if not os.path.isdir(parent):
-        raise ExportError(f"the folder to hold {out_dir} does not exist: {parent}")
+    try:
+        os.makedirs(parent, exist_ok=True)      # like save_pretrained: the folder's parents are created
+    except OSError as e:
+        raise ExportError(f"cannot create the folder to hold {out_dir}: {e}") from None
     dtypes = {np.dtype(v.dtype).name for v in params.values()}
     config_json = transformers_config(config, architecture, labels,
                                       dtype=np.dtype(next(iter(dtypes))) if len(dtypes) == 1 else None)
@@ -217,6 +219,8 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
                     f.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
     except FileExistsError as e:
         raise ExportError(f"{e}; choose a new folder or pass --overwrite (overwrite=True)") from None
+    except NotADirectoryError as e:
+        raise ExportError(str(e)) from None
     return out_dir
 
 
@@ -237,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                "  then in Python: AutoModelForPreTraining.from_pretrained('exported/mine')",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="weights file or classifier file written by tinyalbert")
-    parser.add_argument("out_dir", help="folder to create (must not exist or be empty, unless --overwrite)")
+    parser.add_argument("out_dir", help="folder to create, with its parents (it must not exist or be empty, "
+                                        "unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

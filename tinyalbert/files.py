@@ -61,7 +61,7 @@ def atomic_output_dir(path: str | os.PathLike, replace: bool = False) -> Iterato
 
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise FileExistsError(f"{path} exists and is not a folder")
+        raise NotADirectoryError(f"{path} exists and is not a folder")
     if os.path.isdir(path) and os.listdir(path) and not replace:
         raise FileExistsError(f"{path} exists and is not empty")
     tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".tmp")

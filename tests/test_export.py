@@ -100,6 +100,15 @@ def test_folder_holds_the_four_files(bundled_export):
     assert (bundled_export / "spiece.model").read_bytes() == model.tokenizer.model_bytes
 
 
+def test_config_drops_what_was_true_of_another_model():
+    """A model converted back from transformers carries its old dtype and labels in config.extra: not exported."""
+    config = AlbertConfig.from_dict({"hidden_size": 64, "num_attention_heads": 4, "dtype": "bfloat16",
+                                     "id2label": {"0": "a", "1": "b"}, "architectures": ["AlbertForMaskedLM"]})
+    written = export_module.transformers_config(config, "AlbertForPreTraining", dtype=np.dtype("float32"))
+    assert written["architectures"] == ["AlbertForPreTraining"] and written["torch_dtype"] == "float32"
+    assert "dtype" not in written and "id2label" not in written
+
+
 def test_safetensors_layout(bundled_export):
     """8-byte length, JSON with {"format": "pt"}, data 8-byte aligned, tensors back to back, no tied decoder."""
     raw = (bundled_export / "model.safetensors").read_bytes()

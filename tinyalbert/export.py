@@ -135,12 +135,13 @@ def transformers_config(config: AlbertConfig, architecture: str, labels: list[st
     out = config.to_dict()
     out["model_type"] = "albert"
     out["architectures"] = [architecture]
-    for stale in ("id2label", "label2id", "num_labels", "problem_type"):
+    # keys a converted-back checkpoint carries over from its transformers config, true of that model only
+    for stale in ("id2label", "label2id", "num_labels", "problem_type", "dtype", "torch_dtype"):
         out.pop(stale, None)
     if labels is not None:
         out["id2label"] = {str(i): name for i, name in enumerate(labels)}
         out["label2id"] = {name: i for i, name in enumerate(labels)}
-    if dtype is not None:
+    if dtype is not None:     # the key every transformers version reads (4.56+ writes "dtype" and reads both)
         out["torch_dtype"] = np.dtype(dtype).name
     return out
 

@@ -14,7 +14,7 @@ import tinyalbert
 
 PACKAGE_ROOT = str(Path(tinyalbert.__file__).resolve().parent.parent)
 PROMISED = {"load", "save", "Tokenizer", "fill_mask", "fill_mask_batch", "sentence_order", "logit_lens", "convert",
-            "bundled_model_path", "AlbertConfig", "PRESETS", "init_params", "param_shapes", "count_params",
+            "export", "bundled_model_path", "AlbertConfig", "PRESETS", "init_params", "param_shapes", "count_params",
             "Albert", "ForwardOutput", "__version__"}
 
 
@@ -74,3 +74,14 @@ def test_calling_convert_runs_the_converter(tmp_path):
     """Calling the module runs `convert.convert`: a missing checkpoint gets the converter's own error."""
     with pytest.raises(tinyalbert.convert.ConvertError, match="no-such-checkpoint"):
         tinyalbert.convert(tmp_path / "no-such-checkpoint", tmp_path / "out.h5")
+
+
+def test_export_is_both_the_module_and_the_function(tmp_path):
+    """`tinyalbert.export(model, out_dir)` exports; `tinyalbert.export.ExportError` stays reachable."""
+    import tinyalbert.export as export_module
+
+    assert tinyalbert.export is export_module and callable(tinyalbert.export)
+    assert list(inspect.signature(tinyalbert.export).parameters) == \
+        list(inspect.signature(export_module.export).parameters)
+    with pytest.raises(tinyalbert.export.ExportError, match="no-such-model"):
+        tinyalbert.export(tmp_path / "no-such-model.h5", tmp_path / "out")

@@ -11,6 +11,7 @@ The public names, all reachable as `tinyalbert.<name>`:
     logit_lens                    fill_mask read after every application of the layer   (tinyalbert.predict)
     Tokenizer                     SentencePiece + ALBERT's clean-up                      (tinyalbert.tokenizer)
     convert                       a Hugging Face checkpoint -> a weights file            (tinyalbert.convert)
+    export                        a weights or classifier file -> a transformers folder  (tinyalbert.export)
     AlbertConfig, PRESETS, init_params, param_shapes, count_params, Albert, ForwardOutput   (tinyalbert.nn)
 
 Each is imported on first use (PEP 562), so `import tinyalbert` stays cheap: Numba, h5py and
@@ -28,8 +29,8 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
-# public name -> the submodule that defines it.  `convert` is the submodule itself, which is callable
-# (see tinyalbert/convert.py): a package attribute cannot be both a submodule and a function.
+# public name -> the submodule that defines it.  `convert` and `export` are the submodules themselves, which
+# are callable (see tinyalbert/convert.py): a package attribute cannot be both a submodule and a function.
 _LAZY_NAMES = {
     "AlbertConfig": "nn.config", "PRESETS": "nn.config",
     "init_params": "nn.params", "param_shapes": "nn.params", "count_params": "nn.params",
@@ -38,7 +39,7 @@ _LAZY_NAMES = {
     "Tokenizer": "tokenizer",
     "fill_mask": "predict", "fill_mask_batch": "predict", "sentence_order": "predict", "logit_lens": "predict",
     "bundled_model_path": "predict",
-    "convert": "convert",
+    "convert": "convert", "export": "export",
 }
 
 __all__ = [*_LAZY_NAMES, "__version__"]

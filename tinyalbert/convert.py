@@ -675,7 +675,7 @@ def _parser() -> argparse.ArgumentParser:
                "  python -m tinyalbert.convert ./albert-xxlarge-v2 weights/albert-xxlarge-v2.h5\n"
                "  python -m tinyalbert.convert ./albert-xxlarge-v2 xxlarge-fp16.h5 --dtype float16\n"
                "  python -m tinyalbert.convert ./albert-xxlarge-v2 out.h5 --from-hub albert/albert-xxlarge-v2\n"
-               "  python -m tinyalbert.convert ./albert_xxlarge weights/albert-xxlarge-v2-sop.h5   (Google's tar.gz)",
+               "  python -m tinyalbert.convert ./albert_xxlarge weights/albert-xxlarge-v2.h5   (Google's tar.gz)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="SRC (checkpoint directory or weights file), then OUT.h5; with --from-hub, "

@@ -35,3 +35,46 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _folder_mode(path: str) -> int:
+    """The permissions a new folder would get (or the existing folder's, when it is replaced)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o777 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[str]:
+    """Yield a temporary folder beside `path`; when the block succeeds, rename it to `path`.
+
+    A folder of several files that belong together (a transformers checkpoint: config, weights,
+    vocabulary) then appears whole or not at all: a crash leaves no folder that mixes new files with
+    old ones.  `path` must not exist, or be an empty folder; replace=True also accepts a non-empty
+    folder, which is moved aside and deleted once the new one is in place (between those two
+    renames `path` is briefly absent, never half-written).  If the block raises, nothing changes.
+    """
+    import shutil
+
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{path} exists and is not a folder")
+    if os.path.isdir(path) and os.listdir(path) and not replace:
+        raise FileExistsError(f"{path} exists and is not empty")
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        yield tmp
+        os.chmod(tmp, _folder_mode(path))     # mkdtemp makes 0700; give the folder the usual permissions
+        if os.path.isdir(path) and os.listdir(path):
+            old = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".old")
+            os.replace(path, old)     # an empty target folder: rename() replaces it atomically
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)

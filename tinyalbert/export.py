@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .cli import report_unexpected
+from .cli import OneLineParser, report_unexpected
 from .convert import _ST_DTYPES, CONFIG_FILE, SAFETENSORS_FILE, SPIECE_FILE
 from .files import atomic_output_dir
 from .nn.config import AlbertConfig
@@ -228,13 +228,8 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
 # ---------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other error of this command
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m tinyalbert.export",
         description="Export a tinyalbert weights or classifier file (.h5) as a transformers checkpoint folder "
                     "(config.json, model.safetensors, spiece.model, tokenizer_config.json).",

@@ -7,14 +7,15 @@ import tempfile
 from typing import Iterator
 
 
-def _file_mode(path: str) -> int:
-    """The permissions a new file would get (or the existing file's, when it is replaced)."""
+def _new_mode(path: str, requested: int) -> int:
+    """The permissions `path` keeps when it is replaced, else those a new file (requested 0o666) or folder
+    (0o777) would get from open() or mkdir() under the process's umask."""
     try:
         return os.stat(path).st_mode & 0o777
     except OSError:
         umask = os.umask(0)
         os.umask(umask)
-        return 0o666 & ~umask
+        return requested & ~umask
 
 
 @contextlib.contextmanager
@@ -30,21 +31,11 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, _file_mode(path))     # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, _new_mode(path, 0o666))     # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _folder_mode(path: str) -> int:
-    """The permissions a new folder would get (or the existing folder's, when it is replaced)."""
-    try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o777 & ~umask
 
 
 @contextlib.contextmanager
@@ -67,7 +58,7 @@ def atomic_output_dir(path: str | os.PathLike, replace: bool = False) -> Iterato
     tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         yield tmp
-        os.chmod(tmp, _folder_mode(path))     # mkdtemp makes 0700; give the folder the usual permissions
+        os.chmod(tmp, _new_mode(path, 0o777))     # mkdtemp makes 0700; give the folder the usual permissions
         if os.path.isdir(path) and os.listdir(path):
             old = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".old")
             os.replace(path, old)     # an empty target folder: rename() replaces it atomically

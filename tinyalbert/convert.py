@@ -284,6 +284,15 @@ def google_to_reference(name: str) -> tuple[str, bool] | None:
     return f"{reference_module}.{_GOOGLE_LEAVES[leaf]}", leaf == "kernel"
 
 
+def _config_and_vocab(folder: str, config_name: str, spiece_name: str, where: str) -> tuple[str, str]:
+    """The config and vocabulary files in `folder`; MissingFileError naming the first one absent."""
+    paths = os.path.join(folder, config_name), os.path.join(folder, spiece_name)
+    for needed in paths:
+        if not os.path.isfile(needed):
+            raise MissingFileError(f"missing {os.path.basename(needed)}: expected it at {needed} ({where})")
+    return paths
+
+
 def find_tf_source(src: str) -> tuple[str, str, str] | None:
     """(checkpoint prefix, albert_config.json, 30k-clean.model) if `src` is a Google TF checkpoint, else None.
 
@@ -311,13 +320,8 @@ def find_tf_source(src: str) -> tuple[str, str, str] | None:
     if os.path.basename(os.path.dirname(os.path.abspath(prefix))) == "variables" and \
             not os.path.isfile(os.path.join(assets, GOOGLE_CONFIG_FILE)):
         assets = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), HUB_ASSETS)
-    config_file = os.path.join(assets, GOOGLE_CONFIG_FILE)
-    spiece_file = os.path.join(assets, GOOGLE_SPIECE_FILE)
-    for needed in (config_file, spiece_file):
-        if not os.path.isfile(needed):
-            raise MissingFileError(f"missing {os.path.basename(needed)}: expected it at {needed} "
-                                   "(beside the TensorFlow checkpoint)")
-    return prefix, config_file, spiece_file
+    return (prefix, *_config_and_vocab(assets, GOOGLE_CONFIG_FILE, GOOGLE_SPIECE_FILE,
+                                       "beside the TensorFlow checkpoint"))
 
 
 def google_config(path: str) -> AlbertConfig:
@@ -431,13 +435,7 @@ def find_source(src: str) -> tuple[str, str, str]:
     else:
         weights_file = src
         directory = os.path.dirname(os.path.abspath(src))
-    config_file = os.path.join(directory, CONFIG_FILE)
-    spiece_file = os.path.join(directory, SPIECE_FILE)
-    for needed in (config_file, spiece_file):
-        if not os.path.isfile(needed):
-            raise MissingFileError(f"missing {os.path.basename(needed)}: expected it at {needed} "
-                                   "(next to the checkpoint's weights)")
-    return weights_file, config_file, spiece_file
+    return (weights_file, *_config_and_vocab(directory, CONFIG_FILE, SPIECE_FILE, "next to the checkpoint's weights"))
 
 
 def read_tensors(weights_file: str) -> dict[str, SourceTensor]:

@@ -51,7 +51,7 @@ import types
 
 import numpy as np
 
-from .cli import OneLineParser, report_unexpected
+from .cli import CommandErrors, OneLineParser
 from .nn.config import AlbertConfig
 from .nn.params import EMB, MAPPING, MLM, POOLER, SOP, SOP_HEAD_KEYS, layer_prefix, param_shapes
 from .tfcheckpoint import TFCheckpoint, TFCheckpointError
@@ -689,7 +689,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
+    with CommandErrors((ConvertError, WeightsError, OSError), code=1) as status:
         if args.from_hub:
             if len(args.paths) > 2:
                 parser.error("with --from-hub give at most [DIR] OUT.h5")
@@ -706,17 +706,8 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("expected SRC OUT.h5")
             src, out = args.paths
         convert(src, out, dtype=args.dtype, progress=False if args.no_progress else None)
-    except ConvertError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except (WeightsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug or an unforeseen file: still one line (TINYALBERT_DEBUG=1 shows the traceback)
-        return report_unexpected(e)
+    if status.exit_code:
+        return status.exit_code
     size = os.path.getsize(out)
     print(f"wrote {out} ({size / 2**20:.1f} MiB, {args.dtype})")
     return 0

@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .cli import OneLineParser, report_unexpected
+from .cli import CommandErrors, OneLineParser
 from .memory import HEAP_ARRAY_LIMIT
 from .nn.config import AlbertConfig
 from .nn.linear import SKINNY_ROWS
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the ALBERT paper's Table 1 figures against every counting convention")
 
     args = parser.parse_args(argv)
-    try:
+    with CommandErrors((CountError,)) as status:
         if args.batch < 1 or args.seq < 1:
             raise CountError("--batch and --seq must be at least 1")
         if args.model is None:
@@ -539,15 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.paper:
             parts.append(paper_report())
         print("\n\n".join(parts))
-    except CountError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug or an unforeseen file: still one line (TINYALBERT_DEBUG=1 shows the traceback)
-        return report_unexpected(e)
-    return 0
+    return status.exit_code
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .cli import OneLineParser, report_unexpected
+from .cli import CommandErrors, OneLineParser
 from .convert import _ST_DTYPES, CONFIG_FILE, SAFETENSORS_FILE, SPIECE_FILE
 from .files import atomic_output_dir
 from .nn.config import AlbertConfig
@@ -242,16 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:
+    with CommandErrors((ExportError, WeightsError, OSError), code=1) as status:
         export(args.model, args.out_dir, overwrite=args.overwrite, progress=False if args.no_progress else None)
-    except (ExportError, WeightsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug or an unforeseen file: still one line (TINYALBERT_DEBUG=1 shows the traceback)
-        return report_unexpected(e)
+    if status.exit_code:
+        return status.exit_code
     size = os.path.getsize(os.path.join(args.out_dir, SAFETENSORS_FILE))
     print(f"wrote {args.out_dir} ({SAFETENSORS_FILE}: {size / 2**20:.1f} MiB)")
     return 0

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .cli import OneLineParser
+from .cli import CommandErrors, OneLineParser
 
 DEFAULT_SOURCES = ("tinystories", "wikinews", "gutenberg")
 # Sources whose files hold the same documents in parallel (document k of every file is one text).
@@ -538,19 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from .weights import WeightsError
 
-    try:
-        with _limit_threads(args.threads if args.threads and args.threads > 0 else None):
-            run(args)
-    except (FinetuneError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    with CommandErrors((FinetuneError, WeightsError, OSError)) as status, \
+            _limit_threads(args.threads if args.threads and args.threads > 0 else None):
+        run(args)
+    return status.exit_code
 
 
 if __name__ == "__main__":

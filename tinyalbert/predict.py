@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .cli import OneLineParser, report_unexpected
+from .cli import CommandErrors, OneLineParser
 from .nn.encoder import check_depth
 from .nn.losses import log_softmax
 
@@ -287,8 +287,12 @@ def _format_lens(text: str, lens: list, show_tokens: bool, model, depth: int | N
 
 
 
-def _read_lines(stream) -> list[str]:
-    return [line.rstrip("\r\n") for line in stream if line.strip()]
+def _read_lines(stream, where: str) -> list[str]:
+    """The non-blank lines of a text stream; PredictError naming `where` if it is not UTF-8."""
+    try:
+        return [line.rstrip("\r\n") for line in stream if line.strip()]
+    except UnicodeDecodeError as e:
+        raise PredictError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _resolve_weights(arg: str | None) -> Path:
@@ -332,18 +336,18 @@ def main(argv: list[str] | None = None) -> int:
     from .weights import WeightsError, load
 
     texts = list(args.texts)
-    try:
+    with CommandErrors((PredictError, WeightsError, OSError)) as status:
         _check_top_k_and_batch(args.top_k, args.batch_size)
         _check_depth(args.depth)
         if args.file:
             if args.file == "-":
-                texts += _read_lines(sys.stdin)
+                texts += _read_lines(sys.stdin, "standard input")
             else:
                 with open(args.file, encoding="utf-8") as stream:
-                    texts += _read_lines(stream)
+                    texts += _read_lines(stream, args.file)
         if not texts and not args.sop:
             if not sys.stdin.isatty():
-                texts = _read_lines(sys.stdin)
+                texts = _read_lines(sys.stdin, "standard input")
             if not texts:
                 raise PredictError("no input: give a text with [MASK], --file, or --sop FIRST SECOND")
         if args.lens and not texts:
@@ -370,22 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 formatter = _format_lens if args.lens else _format_results
                 print("\n\n".join(formatter(t, r, args.show_tokens, model, args.depth)
                                    for t, r in zip(texts, results, strict=True)))
-    except (PredictError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:     # --file unreadable, ...
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except UnicodeDecodeError as e:
-        where = args.file if args.file not in (None, "-") else "standard input"
-        print(f"error: {where} is not UTF-8 text ({e.reason} at byte {e.start})", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug or an unforeseen file: still one line (TINYALBERT_DEBUG=1 shows the traceback)
-        return report_unexpected(e)
-    return 0
+    return status.exit_code
 
 
 if __name__ == "__main__":

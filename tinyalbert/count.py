@@ -152,10 +152,19 @@ def labelled_positions(batch: int, seq: int) -> int:
     return batch * max(1, int(round(MLM_FRACTION * seq)))
 
 
-def flops(a: Arch, batch: int, seq: int, train: bool = False) -> dict[str, int]:
-    """Matmul FLOPs of one forward (MLM head at every position) or training step (3x, MLM at the labelled ones)."""
+def flops(a: Arch, batch: int, seq: int, train: bool = False, mlm_positions: int | None = None) -> dict[str, int]:
+    """Matmul FLOPs of one forward or training step at (batch, seq), per op family; the benchmark's count too.
+
+    Per token and layer run: 2·3H² (q, k, v), 2·2·S·H (q·kᵀ and P·v), 2H² (dense), 2·2HI (ffn, ffn_output).
+    Once per token: 2EH (projection).  MLM head 2HE + 2EV at `mlm_positions` positions (default: every
+    position in a forward, the labelled ones in a training step).  Once per sequence: 2H² (pooler) +
+    2·2H (SOP classifier).  A training step is 3x the forward: the backward does twice its products.
+    """
     N, R, H, W = batch * seq, a.runs, a.hidden, a.head_width
-    M = labelled_positions(batch, seq) if train else N
+    if mlm_positions is not None:
+        M = mlm_positions
+    else:
+        M = labelled_positions(batch, seq) if train else N
     forward = {"projection": 2 * N * a.embed * H if a.kind == "albert" else 0,
                "QKV": R * 2 * N * 3 * H * H,
                "scores": R * 2 * N * seq * H,

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import psutil
 
+from ..count import Arch, flops
 from ..nn.config import AlbertConfig
 from .worker import RESULT_PREFIX
 
@@ -116,21 +117,10 @@ class StepWorker:
 
 def model_flops(c: AlbertConfig, batch: int, seq: int, mlm_positions: int | None = None,
                 training: bool = False) -> float:
-    """Matmul FLOPs of one forward (training=False) or one training step (3x the forward) at (batch, seq).
-
-    Per token and layer application: 2(4H² + 2HI) for q, k, v, dense, ffn and ffn_output, plus
-    2·2·S·H for q·kᵀ and P·v.  Once per token: 2EH (embedding projection).  MLM head 2HE + 2EV at
-    `mlm_positions` positions (every position in a forward; the labelled ones in training).  Once per
-    sequence: 2H² (pooler) + 2·2H (SOP classifier).  The backward is counted as 2x the forward.
-    """
-    H, E, I, V = c.hidden_size, c.embedding_size, c.intermediate_size, c.vocab_size
-    N = batch * seq
-    applications = c.num_hidden_layers * c.inner_group_num
-    per_application = N * 2 * (4 * H * H + 2 * H * I) + 2 * 2 * N * seq * H
-    M = N if mlm_positions is None else mlm_positions
-    forward = N * 2 * E * H + applications * per_application + M * (2 * H * E + 2 * E * V) + batch * (
-        2 * H * H + 2 * 2 * H)
-    return float(3 * forward if training else forward)
+    """Matmul FLOPs of one forward (training=False) or one training step (3x the forward) at (batch, seq),
+    with the MLM head at `mlm_positions` positions (default: all): tinyalbert.count's per-family FLOPs, summed."""
+    M = batch * seq if mlm_positions is None else mlm_positions
+    return float(sum(flops(Arch.albert(c), batch, seq, train=training, mlm_positions=M).values()))
 
 
 def numpy_mix_rate(rates: dict[str, float] | None, c: AlbertConfig, training: bool) -> float | None:

@@ -5,10 +5,10 @@
     h_i    = AlbertLayer(h_{i-1}),  i = 1..L, one shared weight set   layer.py        (B, T, H)
     mlm    = LayerNorm(gelu(h_L Wd^T + bd)) Wword^T + b               heads.py        (B, T, V)
     pooled = tanh(h_L[:, 0] Wp^T + bp);   sop = pooled Ws^T + bs      heads.py        (B, 2)
+    loss   = CE(mlm at labelled positions) + CE(sop)                  losses.py
 
 At inference `forward(..., depth=N)` applies the shared layer N times instead of L, and the heads
 read h_N; `mlm_head(h_i)` is the MLM head on any hidden state (the logit lens).
-    loss   = CE(mlm at labelled positions) + CE(sop)                  losses.py
 
 The first three lines are the body (body.py, which also checks the inputs); the
 sequence classifier (tinyalbert/classifier.py) runs the same body under its own head.

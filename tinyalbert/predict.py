@@ -286,7 +286,6 @@ def _format_lens(text: str, lens: list, show_tokens: bool, model, depth: int | N
     return "\n".join(lines)
 
 
-
 def _read_lines(stream, where: str) -> list[str]:
     """The non-blank lines of a text stream; PredictError naming `where` if it is not UTF-8."""
     try:
@@ -309,7 +308,7 @@ def _resolve_weights(arg: str | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m tinyalbert.predict",
-                     description="Fill in [MASK] tokens (or score sentence order) with ALBERT.")
+                           description="Fill in [MASK] tokens (or score sentence order) with ALBERT.")
     parser.add_argument("texts", nargs="*", help="input texts, each with at least one [MASK]")
     parser.add_argument("--file", help="read inputs from this file, one per line ('-' for stdin)")
     parser.add_argument("--top-k", type=int, default=5, help="completions per [MASK] (default 5)")

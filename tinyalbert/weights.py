@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     from .cli import OneLineParser
 
     parser = OneLineParser(prog="python -m tinyalbert.weights",
-                                     description="Check a tinyalbert weights file and print what it holds.")
+                           description="Check a tinyalbert weights file and print what it holds.")
     parser.add_argument("path", help="weights file (.h5) written by tinyalbert.convert or tinyalbert.weights.save")
     args = parser.parse_args(argv)
     try:

@@ -50,7 +50,7 @@ from .cli import CommandErrors, OneLineParser
 from .convert import _ST_DTYPES, CONFIG_FILE, SAFETENSORS_FILE, SPIECE_FILE
 from .files import atomic_output_dir
 from .nn.config import AlbertConfig
-from .nn.params import SOP_HEAD_KEYS
+from .nn.params import has_sop_head
 from .weights import WeightsError
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -177,8 +177,7 @@ def read_model(path: str | os.PathLike) -> tuple[AlbertConfig, dict[str, np.ndar
         return clf.config, clf.params, spiece, "AlbertForSequenceClassification", clf.labels
     if fmt == weights.FORMAT:
         config, params, spiece, _ = weights.load_params(path, dtype=None, mmap=True)
-        with_sop = all(k in params for k in SOP_HEAD_KEYS)
-        return config, params, spiece, "AlbertForPreTraining" if with_sop else "AlbertForMaskedLM", None
+        return config, params, spiece, "AlbertForPreTraining" if has_sop_head(params) else "AlbertForMaskedLM", None
     raise ExportError(f"{path} is neither a tinyalbert weights file nor a classifier file (format {fmt!r})")
 
 

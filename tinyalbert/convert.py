@@ -54,7 +54,7 @@ import numpy as np
 from .cli import CommandErrors, OneLineParser
 from .nn.config import AlbertConfig
 from .nn.params import EMB, MAPPING, MLM, POOLER, SOP, SOP_HEAD_KEYS, layer_prefix, param_shapes
-from .tfcheckpoint import TFCheckpoint, TFCheckpointError
+from .tfcheckpoint import TFCheckpoint, TFCheckpointError, bfloat16_to_float32
 from .weights import WeightsError, save
 
 CONFIG_FILE = "config.json"
@@ -97,11 +97,6 @@ class HubUnavailable(ConvertError):
 _ST_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
               "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
               "U8": np.dtype("u1"), "BOOL": np.dtype("?")}
-
-
-def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 is the top 16 bits of a float32: shift them back into place."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
 class SourceTensor:
@@ -164,7 +159,7 @@ def read_safetensors(path: str) -> dict[str, SourceTensor]:
             if lo % raw_dtype.itemsize:  # unaligned: copy out the bytes first
                 raw = np.array(raw)
             arr = raw.view(raw_dtype).reshape(shape)
-            return _bf16_to_f32(arr) if code == "BF16" else arr
+            return bfloat16_to_float32(arr) if code == "BF16" else arr
 
         decoded = np.float32 if code == "BF16" else raw_dtype.newbyteorder("=")
         tensors[name] = SourceTensor(name, shape, decoded, read, code)

@@ -88,6 +88,11 @@ DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6
 BFLOAT16 = 14
 
 
+def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 (stored as uint16) is the top 16 bits of a float32: shift them back into place."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
 class TFCheckpointError(ValueError):
     """A checkpoint that cannot be read; the message is one line naming the file (and the variable)."""
 
@@ -399,5 +404,5 @@ class TFCheckpoint:
         raw = np.array(self.verify(name))  # a copy: aligned, and independent of the memory map
         array = raw.view(DTYPES[e.dtype_code]).reshape(e.shape)
         if e.dtype_code == BFLOAT16:
-            return (array.astype(np.uint32) << 16).view(np.float32)
+            return bfloat16_to_float32(array)
         return array.astype(array.dtype.newbyteorder("="), copy=False)

@@ -17,6 +17,12 @@ The recipe is that of google-research/albert `create_pretraining_data.py`:
    at a random sentence boundary, swaps them with probability 0.5 (SOP label 1
    = swapped, 0 = original order) and trims the longer segment, one token at a
    time from a random end, until [CLS] A [SEP] B [SEP] fits.
+   With pair_task="nsp" the pair is BERT's next-sentence prediction instead:
+   A is the chunk's first sentences, and B is either the rest of the chunk
+   (label 0, "is next") or, with probability 0.5, a run of sentences from
+   another document of the same split, its source drawn by the sources'
+   weights as BERT draws from its whole corpus (label 1, "random").  So for
+   both tasks label 0 means "B follows A in the text".
 4. Masking.  n-gram masking of whole words: about 15 % of the tokens
    (num_to_predict = min(20, max(1, round(0.15 T)))) in spans of n <= 3 words,
    p(n) ∝ 1/n; each chosen token becomes [MASK] (80 %), a random token (10 %)
@@ -25,13 +31,15 @@ The recipe is that of google-research/albert `create_pretraining_data.py`:
 Departures from the original, all deliberate: examples are drawn at random
 (start sentence uniform within a source, source by weight) instead of walking
 every document in order, so that any batch can be rebuilt from (seed, step);
-a chunk always has at least two sentences, so B never comes from another
-document (the original borrows a random document's text for one-sentence
-chunks); a random replacement token is never one of the five special pieces;
+a chunk always has at least two sentences, so an SOP pair's B never comes
+from another document (the original borrows a random document's text for
+one-sentence chunks); a random replacement token is never one of the five special pieces;
 and a word never continues across [SEP].
 
 Batches are dicts of int64 arrays: input_ids, token_type_ids, attention_mask,
 mlm_labels (B, T) and sop_labels (B,), padded with 0 to max_seq_length.
+sop_labels holds the pair task's label, NSP's with pair_task="nsp" (the
+model's one two-way head serves either task).
 """
 from __future__ import annotations
 
@@ -51,7 +59,7 @@ import zlib
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -60,6 +68,7 @@ import numpy as np
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 CACHE_VERSION = 1  # bump when the cache layout or the sentence splitter changes
 SPLITS = {"train": 0, "heldout": 1}
+PAIR_TASKS = ("sop", "nsp")  # sentence-order prediction (ALBERT) or next-sentence prediction (BERT)
 
 # ----------------------------------------------------------------------------- text
 
@@ -365,6 +374,27 @@ def make_sentence_pair(chunk: Sequence[np.ndarray], rng: np.random.Generator,
     return a, b, label
 
 
+def make_next_sentence_pair(chunk: Sequence[np.ndarray], random_next: Callable[[int], Sequence[np.ndarray]],
+                            rng: np.random.Generator, max_num_tokens: int,
+                            target: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Consecutive sentences (at least 2) -> (A, B, nsp_label), BERT's next-sentence prediction.
+
+    A = sentences [0, a_end), a_end uniform in [1, len(chunk)-1].  With probability 1/2
+    B = random_next(max(1, target - len(A))), sentences of another document about that
+    many tokens long, and the label is 1; otherwise B = the rest of the chunk, label 0.
+    """
+    if len(chunk) < 2:
+        raise ValueError("a chunk needs at least two sentences")
+    a_end = int(rng.integers(1, len(chunk)))
+    a = np.concatenate(chunk[:a_end])
+    if rng.random() < 0.5:
+        b, label = np.concatenate(random_next(max(1, target - len(a)))), 1
+    else:
+        b, label = np.concatenate(chunk[a_end:]), 0
+    a, b = truncate_seq_pair(a, b, max_num_tokens, rng)
+    return a, b, label
+
+
 # ----------------------------------------------------------------------------- masking
 
 # ALBERT's rule for "this piece starts a word" (create_pretraining_data._is_start_piece_sp):
@@ -478,7 +508,7 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, *, special_ids: Seque
 
 
 class PretrainingData:
-    """Sources -> cached tokens -> deterministic, random-access batches of MLM + SOP examples.
+    """Sources -> cached tokens -> deterministic, random-access batches of MLM + SOP (or NSP) examples.
 
     batch(step, batch_size, split) depends only on (seed, split, step), so a
     resumed run asks for the same batches again by step number.  split is
@@ -487,19 +517,25 @@ class PretrainingData:
 
     Each example picks a source with probability ∝ weight (× its token count
     with weight_by_size=True), then a start sentence uniformly among that
-    source's sentences that have a successor in their document.
+    source's sentences that have a successor in their document.  pair_task
+    "nsp" draws the random second segments from the other documents of the
+    same split (any source), so held-out text never meets training text.
     """
 
     def __init__(self, sources: Sequence[Source | str | os.PathLike], tokenizer,
                  cache_dir: str | os.PathLike | None = None, *, max_seq_length: int = 128,
                  masked_lm_prob: float = 0.15, max_predictions_per_seq: int = 20, short_seq_prob: float = 0.1,
                  max_ngram: int = 3, whole_word_mask: bool = True, heldout_fraction: float = 0.01,
-                 split_seed: int = 12345, seed: int = 0, weight_by_size: bool = False, progress: bool = True):
+                 split_seed: int = 12345, seed: int = 0, weight_by_size: bool = False, progress: bool = True,
+                 pair_task: str = "sop"):
         if isinstance(tokenizer, (str, os.PathLike, bytes)):
             from .tokenizer import Tokenizer
             tokenizer = Tokenizer(tokenizer)
         if max_seq_length < 5:
             raise ValueError("max_seq_length must be at least 5 ([CLS] a [SEP] b [SEP])")
+        if pair_task not in PAIR_TASKS:
+            raise ValueError(f"pair_task must be one of {list(PAIR_TASKS)}, not {pair_task!r}")
+        self.pair_task = pair_task
         self.tokenizer = tokenizer
         self.sources = [s if isinstance(s, Source) else Source.parse(s) for s in sources]
         if len({s.name for s in self.sources}) != len(self.sources):
@@ -527,30 +563,69 @@ class PretrainingData:
                 w *= [c.num_tokens for c in self.caches]
             w[[len(st) == 0 for st in self.starts[split]]] = 0.0
             self.source_probs[split] = w / w.sum() if w.sum() > 0 else w
+        if pair_task == "nsp":
+            for split in SPLITS:
+                documents = sum(len(np.unique(self._document_of(cache, starts)))
+                                for cache, starts, p in zip(self.caches, self.starts[split], self.source_probs[split],
+                                                            strict=True) if p > 0)
+                if documents == 1:
+                    raise ValueError(f"the {split!r} split has one document with two sentences: next-sentence "
+                                     "prediction needs another one")
+
+    def _draw_source(self, rng: np.random.Generator, split: str) -> int:
+        """A source index, drawn by the split's source probabilities."""
+        probs = self.source_probs[split]
+        if probs.sum() == 0:
+            raise ValueError(f"no document with two sentences in the {split!r} split")
+        return min(int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right")), len(probs) - 1)
+
+    @staticmethod
+    def _document_of(cache: TokenCache, sentences: np.ndarray | int) -> np.ndarray:
+        """The document index of each sentence id."""
+        return np.searchsorted(cache.document_offsets, sentences, side="right") - 1
+
+    @staticmethod
+    def _sentences(cache: TokenCache, first: int, target: int, min_sentences: int) -> list[np.ndarray]:
+        """Consecutive sentences from `first`, until they hold `target` tokens and at least
+        `min_sentences` sentences, or their document ends."""
+        so = cache.sentence_offsets
+        doc_end = int(cache.document_offsets[PretrainingData._document_of(cache, first) + 1])
+        sentences, length, i = [], 0, first
+        while i < doc_end and (len(sentences) < min_sentences or length < target):
+            sentences.append(np.asarray(cache.tokens[so[i]:so[i + 1]]))
+            length += len(sentences[-1])
+            i += 1
+        return sentences
 
     # -- one example
 
     def example(self, rng: np.random.Generator, split: str = "train") -> dict[str, np.ndarray]:
-        """One unpadded example: input_ids, token_type_ids, mlm_labels (T,), sop_label and source (ints)."""
-        probs = self.source_probs[split]
-        if probs.sum() == 0:
-            raise ValueError(f"no document with two sentences in the {split!r} split")
-        s = min(int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right")), len(probs) - 1)
+        """One unpadded example: input_ids, token_type_ids, mlm_labels (T,), sop_label (the pair task's label)
+        and source (ints)."""
+        s = self._draw_source(rng, split)
         cache, starts = self.caches[s], self.starts[split][s]
         max_num_tokens = self.max_seq_length - 3
         target = max_num_tokens
         if rng.random() < self.short_seq_prob:
             target = int(rng.integers(2, max_num_tokens + 1))
 
-        i = int(starts[rng.integers(len(starts))])
-        so, do = cache.sentence_offsets, cache.document_offsets
-        doc_end = int(do[np.searchsorted(do, i, side="right")])
-        chunk, length = [], 0
-        while i < doc_end and (len(chunk) < 2 or length < target):
-            chunk.append(np.asarray(cache.tokens[so[i]:so[i + 1]]))
-            length += len(chunk[-1])
-            i += 1
-        a, b, sop = make_sentence_pair(chunk, rng, max_num_tokens)
+        first = int(starts[rng.integers(len(starts))])
+        chunk = self._sentences(cache, first, target, min_sentences=2)
+        if self.pair_task == "sop":
+            a, b, sop = make_sentence_pair(chunk, rng, max_num_tokens)
+        else:
+            document = (s, self._document_of(cache, first))
+
+            def random_next(length: int) -> list[np.ndarray]:
+                other_source, other = document
+                while (other_source, self._document_of(self.caches[other_source], other)) == document:
+                    # the constructor made sure that another document exists
+                    other_source = self._draw_source(rng, split)
+                    other_starts = self.starts[split][other_source]
+                    other = int(other_starts[rng.integers(len(other_starts))])
+                return self._sentences(self.caches[other_source], other, length, min_sentences=1)
+
+            a, b, sop = make_next_sentence_pair(chunk, random_next, rng, max_num_tokens, target)
 
         tok = self.tokenizer
         ids = np.concatenate([[tok.cls_id], a, [tok.sep_id], b, [tok.sep_id]]).astype(np.int64)

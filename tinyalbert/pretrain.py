@@ -56,7 +56,8 @@ def build_config(args: argparse.Namespace, vocab_size: int) -> AlbertConfig:
                             num_hidden_layers=6).to_dict()
     overrides = {"embedding_size": args.embedding_size, "hidden_size": args.hidden_size,
                  "num_attention_heads": args.num_heads, "intermediate_size": args.intermediate_size,
-                 "num_hidden_layers": args.num_layers, "initializer_range": args.init_std}
+                 "num_hidden_layers": args.num_layers, "num_hidden_groups": args.num_groups,
+                 "initializer_range": args.init_std}
     base.update({k: v for k, v in overrides.items() if v is not None})
     base["vocab_size"] = vocab_size
     base["max_position_embeddings"] = max(base.get("max_position_embeddings", 512), args.seq_len)
@@ -183,7 +184,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         params = canonical_order(config, params)
         parser = build_parser()
         for key in ("steps", "batch_size", "lr", "warmup", "optimizer", "seed", "seq_len", "data", "weight_decay",
-                    "clip", "init_from", "max_ngram", "mask_unit"):
+                    "clip", "init_from", "max_ngram", "mask_unit", "pair_task"):
             # a checkpoint written before an option existed ran with its default
             saved = saved_args.get(key, parser.get_default(key))
             if saved != run_args.get(key):
@@ -228,12 +229,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     data = PretrainingData(args.data, tokenizer, cache_dir=args.cache_dir, max_seq_length=args.seq_len,
                            seed=args.seed, heldout_fraction=args.heldout_fraction, max_ngram=args.max_ngram,
-                           whole_word_mask=args.mask_unit == "word")
+                           whole_word_mask=args.mask_unit == "word", pair_task=args.pair_task)
     print(data.summary(), file=sys.stderr)
     n_params = sum(p.size for p in params.values())
     print(f"model: {n_params:,} parameters, H={config.hidden_size} E={config.embedding_size} "
-          f"L={config.num_hidden_layers} NH={config.num_attention_heads} I={config.intermediate_size} "
-          f"V={config.vocab_size}", file=sys.stderr)
+          f"L={config.num_hidden_layers} G={config.num_hidden_groups} NH={config.num_attention_heads} "
+          f"I={config.intermediate_size} V={config.vocab_size}", file=sys.stderr)
 
     bar = tqdm(total=args.steps, initial=start_step, desc="pretraining", unit="step", dynamic_ncols=True)
     window: list[dict[str, float]] = []
@@ -302,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-heads", type=int)
     p.add_argument("--intermediate-size", type=int)
     p.add_argument("--num-layers", type=int, help="applications of the shared layer")
+    p.add_argument("--num-groups", type=int, help="layer groups, each its own weights (default 1: one layer shared "
+                   "by every application; = --num-layers: no sharing); application i uses group int(i / (L / G))")
     p.add_argument("--init-std", type=float, help="standard deviation of the initial weights (the config's "
                    "initializer_range; ALBERT's 0.02 suits H=4096 and is small for a small model)")
     p.add_argument("--weight-init", choices=("normal", "fan-in"), default="normal",
@@ -315,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(attention starts out favouring similar tokens; both are still trained)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--max-ngram", type=int, default=3, help="longest masked span, in masking units (ALBERT: 3)")
+    p.add_argument("--pair-task", choices=("sop", "nsp"), default="sop",
+                   help="the sentence-pair task: ALBERT's sentence-order prediction, or BERT's next-sentence "
+                        "prediction (B from another document half the time); the evaluation's SOP accuracy is "
+                        "then NSP's")
     p.add_argument("--mask-unit", choices=("word", "piece"), default="word",
                    help="mask whole words (ALBERT) or single SentencePiece pieces")
     p.add_argument("--steps", type=int, default=1000)

@@ -1,4 +1,4 @@
-"""tinyalbert.data (and the vocabulary trainer): text reading, caching, SOP pairs, n-gram masking, batches."""
+"""tinyalbert.data (and the vocabulary trainer): text reading, caching, SOP and NSP pairs, n-gram masking, batches."""
 import math
 import random
 
@@ -12,6 +12,7 @@ from tinyalbert.data import (
     TokenCache,
     build_token_cache,
     candidate_units,
+    make_next_sentence_pair,
     make_sentence_pair,
     mask_tokens,
     read_documents,
@@ -130,6 +131,32 @@ def test_sentence_pair_order_and_label():
         assert (a.max() < b.min()) if label == 0 else (a.min() > b.max())
         labels.append(label)
     assert abs(np.mean(labels) - 0.5) < 4 * math.sqrt(0.25 / 2000)
+
+
+def test_next_sentence_pair_continuation_or_another_document():
+    rng = np.random.default_rng(0)
+    chunk = [np.arange(0, 5), np.arange(5, 12), np.arange(12, 20)]
+    asked = []
+
+    def random_next(length):          # "another document": ids from 1000 on, about `length` of them
+        asked.append(length)
+        return [np.arange(1000, 1000 + length)]
+
+    labels = []
+    for _ in range(2000):
+        a, b, label = make_next_sentence_pair(chunk, random_next, rng, max_num_tokens=100, target=30)
+        assert len(a) in (5, 12) and np.array_equal(a, np.arange(len(a)))   # A: the chunk's first sentences
+        if label == 0:
+            assert np.array_equal(b, np.arange(len(a), 20))                 # B: the rest of the chunk, in order
+        else:
+            assert b.min() >= 1000 and len(b) == asked[-1] == 30 - len(a)   # B: the other document's text
+        labels.append(label)
+    assert abs(np.mean(labels) - 0.5) < 4 * math.sqrt(0.25 / 2000)
+    assert len(asked) == sum(labels)
+    a, b, _ = make_next_sentence_pair(chunk, random_next, rng, max_num_tokens=10, target=30)
+    assert len(a) + len(b) <= 10                                            # trimmed like an SOP pair
+    with pytest.raises(ValueError, match="two sentences"):
+        make_next_sentence_pair(chunk[:1], random_next, rng, 100, 30)
 
 
 def test_truncate_seq_pair():
@@ -280,6 +307,48 @@ def test_sop_balance_and_source_weights(data):
     lengths = np.array([len(e["input_ids"]) for e in examples])
     assert lengths.max() <= 64
     assert 0.03 < np.mean(lengths < 40) < 0.3  # short_seq_prob 0.1 gives some short examples
+
+
+NAMES = ("otter", "badger", "falcon", "walrus", "beaver", "heron", "lizard", "panda", "salmon", "turtle")
+
+
+def test_nsp_batches_pair_a_document_with_itself_or_another(tmp_path, tokenizer):
+    """Each document names one animal in every sentence: label 0 pairs share it, label 1 pairs do not."""
+    docs = ["\n".join(f"The {name} ran far. The {name} ate a plum. Then the {name} slept." for _ in range(2))
+            for name in NAMES]
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "zoo" / "zoo.txt").write_text("\n\n".join(docs) + "\n")
+    data = PretrainingData([tmp_path / "zoo"], tokenizer, tmp_path / "cache", max_seq_length=64, masked_lm_prob=0,
+                           heldout_fraction=0.2, seed=3, progress=False, pair_task="nsp")
+    held_out_names = {name for name, held in zip(NAMES, data.heldout[0], strict=True) if held}
+    labels = []
+    for split in ("train", "heldout"):
+        b = data.batch(0, 64, split)
+        for ids, types, label in zip(b["input_ids"], b["token_type_ids"], b["sop_labels"], strict=True):
+            text_a = tokenizer.decode(ids[types == 0])
+            text_b = tokenizer.decode(ids[(types == 1) & (ids != SEP)])
+            names_a = {n for n in NAMES if n in text_a}
+            names_b = {n for n in NAMES if n in text_b}
+            assert len(names_a) == 1 and len(names_b) <= 1
+            assert (names_a | names_b <= held_out_names) if split == "heldout" else not names_a & held_out_names
+            if names_b:           # B may be trimmed to a few tokens without the name
+                assert (names_a == names_b) == (label == 0), (text_a, text_b, label)
+            labels.append(label)
+    assert 0.3 < np.mean(labels) < 0.7
+
+
+def test_pair_task_checks(tmp_path, data, tokenizer):
+    with pytest.raises(ValueError, match="pair_task"):
+        PretrainingData(data.sources, tokenizer, data.caches[0].path.parent, pair_task="order")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.txt").write_text("The cat sat. The dog ran.\n\nThe hen slept. The cow ate.\n")
+    with pytest.raises(ValueError, match="another one"):   # one document per split: no other to pair with
+        PretrainingData([tmp_path / "one"], tokenizer, tmp_path / "cache", heldout_fraction=0.5, progress=False,
+                        pair_task="nsp")
+    sop = PretrainingData(data.sources, tokenizer, data.caches[0].path.parent, max_seq_length=64,
+                          heldout_fraction=0.1, seed=7, progress=False, pair_task="sop")
+    b1, b2 = data.batch(4, 8), sop.batch(4, 8)      # "sop" is the default
+    assert all(np.array_equal(b1[k], b2[k]) for k in b1)
 
 
 # ----------------------------------------------------------------------------- vocabulary trainer

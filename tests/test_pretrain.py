@@ -155,3 +155,27 @@ def test_fan_in_weight_init(tmp_path, corpus):
 def test_second_phase_can_apply_the_shared_layer_more_often(tmp_path, corpus):
     first, deeper = second_phase(tmp_path, corpus, "checkpoint.h5", "--num-layers", "5")
     assert first.config.num_hidden_layers == 3 and deeper.config.num_hidden_layers == 5
+
+
+def test_layer_groups_option(tmp_path, corpus):
+    model = frozen_run(tmp_path / "groups", corpus, tmp_path / "cache", "--num-groups", "3")
+    assert model.config.num_hidden_groups == 3
+    layers = {k.split(".albert_layers")[0] for k in model.params if ".albert_layer_groups." in k}
+    assert layers == {f"albert.encoder.albert_layer_groups.{g}" for g in range(3)}     # one layer per group
+    first, second = (model.params[f"albert.encoder.albert_layer_groups.{g}.albert_layers.0.ffn.weight"]
+                     for g in (0, 1))
+    assert not np.array_equal(first, second)                                          # each drawn on its own
+    assert run(tmp_path / "bad", corpus, tmp_path / "cache", "--num-groups", "2") == 2  # 3 applications, 2 groups
+
+
+def test_pair_task_option_and_resume_check(tmp_path, corpus, capsys):
+    cache = tmp_path / "cache"
+    assert run(tmp_path / "nsp", corpus, cache, "--pair-task", "nsp", "--stop-after", "3") == 0
+    with h5py.File(tmp_path / "nsp" / "checkpoint.h5", "r") as f:
+        args = json.loads(f.attrs["args_json"])
+    assert args["pair_task"] == "nsp"
+    capsys.readouterr()
+    assert run(tmp_path / "nsp", corpus, cache, "--resume") == 2      # resumed as SOP: refused
+    assert "--pair-task" in capsys.readouterr().err
+    assert run(tmp_path / "nsp", corpus, cache, "--resume", "--pair-task", "nsp") == 0
+    assert (tmp_path / "nsp" / "model.h5").is_file()

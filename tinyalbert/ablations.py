@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -262,6 +263,23 @@ class Study:
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1"}
         failed = []
+        try:
+            self._schedule(pending, running, env, failed)
+        finally:     # stopped (Ctrl-C, SIGTERM): stop the runs too, keeping their time; they resume later
+            for arm, seed, process, started in running:
+                process.terminate()
+                process.wait()
+                self._add_wall_time(arm, seed, time.time() - started)
+        if failed:
+            raise RuntimeError(f"runs failed: {', '.join(failed)} (run the study again to resume them)")
+
+    def _add_wall_time(self, arm: Arm, seed: int, seconds: float) -> None:
+        """A run's training wall time sums every invocation that trained it."""
+        wall = self.run_folder(arm, seed) / "wall_seconds.json"
+        previous = json.loads(wall.read_text())["seconds"] if wall.is_file() else 0.0
+        write_json(wall, {"seconds": previous + seconds})
+
+    def _schedule(self, pending: list, running: list, env: dict[str, str], failed: list[str]) -> None:
         while pending or running:
             while pending and len(running) < self.jobs:
                 arm, seed = pending.pop(0)
@@ -285,9 +303,7 @@ class Study:
                 running.remove(item)
                 folder = self.run_folder(arm, seed)
                 seconds = time.time() - started
-                wall = folder / "wall_seconds.json"
-                previous = json.loads(wall.read_text())["seconds"] if wall.is_file() else 0.0
-                write_json(wall, {"seconds": previous + seconds})
+                self._add_wall_time(arm, seed, seconds)
                 if process.returncode:
                     print(f"[{time.strftime('%H:%M:%S')}] {run_name(arm, seed)} failed (exit "
                           f"{process.returncode}): see {folder / 'train.log'}", flush=True)
@@ -296,8 +312,6 @@ class Study:
                 print(f"[{time.strftime('%H:%M:%S')}] {run_name(arm, seed)} trained in {seconds / 60:.1f} min",
                       flush=True)
                 self.finish(arm, seed)
-        if failed:
-            raise RuntimeError(f"runs failed: {', '.join(failed)} (run the study again to resume them)")
 
     def finish(self, arm: Arm, seed: int) -> None:
         """Evaluate a trained run (once) into its eval.json."""
@@ -369,8 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)     # `kill` stops the runs cleanly, as Ctrl-C does
     with CommandErrors((ValueError, FileNotFoundError, RuntimeError, OSError)) as status:
         corpus = Path(args.corpus)
         missing = [s.split(":")[0] for s in SOURCES if not (corpus / s.split(":")[0]).is_dir()]

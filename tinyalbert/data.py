@@ -617,13 +617,12 @@ class PretrainingData:
             document = (s, self._document_of(cache, first))
 
             def random_next(length: int) -> list[np.ndarray]:
-                other_source, other = document
-                while (other_source, self._document_of(self.caches[other_source], other)) == document:
-                    # the constructor made sure that another document exists
+                while True:     # the constructor made sure that another document exists
                     other_source = self._draw_source(rng, split)
                     other_starts = self.starts[split][other_source]
                     other = int(other_starts[rng.integers(len(other_starts))])
-                return self._sentences(self.caches[other_source], other, length, min_sentences=1)
+                    if (other_source, self._document_of(self.caches[other_source], other)) != document:
+                        return self._sentences(self.caches[other_source], other, length, min_sentences=1)
 
             a, b, sop = make_next_sentence_pair(chunk, random_next, rng, max_num_tokens, target)
 

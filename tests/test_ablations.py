@@ -163,3 +163,35 @@ def test_bad_corpus_is_one_line_error(tmp_path, capsys):
                            str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "tinystories" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_a_small_study_end_to_end_and_resumed(tmp_path, monkeypatch):
+    """Two tiny arms through the whole pipeline; run again, nothing is retrained and the figures stay."""
+    corpus = tmp_path / "corpus"
+    for source in ("tinystories", "wikinews", "wikipedia"):
+        (corpus / source).mkdir(parents=True)
+        docs = [f"The {a} ran to the {source}. Then the {a} ate a plum. The {a} slept well. It was late."
+                for a in ("otter", "badger", "falcon", "walrus", "beaver", "heron", "lizard", "panda")]
+        (corpus / source / "text.txt").write_text("\n\n".join(docs) + "\n")
+    monkeypatch.setattr(ablations, "ARMS", (
+        ablations.Arm("shared", "all shared, SOP", (3, 4, 5), 8, 1, "sop", (0,)),
+        ablations.Arm("split", "2 groups, NSP", (4, 5), 8, 2, "nsp", (0,))))
+    monkeypatch.setattr(ablations, "KEPT_MODELS", ("split-s0",))
+    monkeypatch.setattr(ablations, "RECIPE", {**RECIPE, "hidden_size": 16, "num_heads": 2, "intermediate_size": 24,
+                                              "num_layers": 2, "seq_len": 32, "batch_size": 4, "warmup": 1})
+    argv = ["--corpus", str(corpus), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+            "--steps", "2", "--eval-pairs", "32", "--cache-dir", str(tmp_path / "cache")]
+    assert ablations.main(argv) == 0
+    first = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
+    assert [(r["arm"], r["config"]["num_hidden_groups"], r["token_budget"]) for r in first["runs"]] == [
+        ("shared", 1, 2 * 4 * 32), ("split", 2, 2 * 4 * 32)]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.h5")) == ["split-s0.h5"]
+    assert load(tmp_path / "out" / "split-s0.h5").config.num_hidden_groups == 2
+    assert "file" not in first["runs"][0] and len(first["runs"][1]["figure_1"]["l2_distance"]) == 2
+    model_time = (tmp_path / "work" / "split-s0" / "model.h5").stat().st_mtime_ns
+    assert ablations.main(argv) == 0
+    again = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
+    assert (tmp_path / "work" / "split-s0" / "model.h5").stat().st_mtime_ns == model_time
+    assert again["runs"] == first["runs"]
+    assert again["wall_seconds"] > first["wall_seconds"]

@@ -26,6 +26,7 @@ training curve) and, in float16, the models the notebook 07_the_paper_in_miniatu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -34,7 +35,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -223,6 +224,37 @@ def training_curve(log_path: Path) -> dict[str, list]:
     return curve
 
 
+def describe_corpus(corpus: Path) -> str:
+    """Which corpus a study used, without its machine's path: the bundled sample, or the size of its sources."""
+    if corpus.resolve() == SAMPLE_CORPUS.resolve():
+        return "the bundled sample, tinyalbert/data/corpus"
+    from .data import list_text_files
+
+    size = sum(f.stat().st_size for f in list_text_files([corpus / s.rsplit(":", 1)[0] for s in SOURCES]))
+    return f"{size / 1e6:.1f} MB of text in the source folders (the full corpus of weights/README.md)"
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One Numba thread (and one BLAS thread, with threadpoolctl) for the block: the evaluation runs beside
+    the training runs, and on busy cores a second thread mostly waits for the first."""
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            limits = contextlib.nullcontext()
+        else:
+            limits = threadpool_limits(limits=1)
+        with limits:
+            yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 def write_json(path: Path, value: Any) -> None:
     with atomic_output(path) as tmp:
         Path(tmp).write_text(json.dumps(value, indent=1) + "\n")
@@ -280,13 +312,14 @@ class Study:
         write_json(wall, {"seconds": previous + seconds})
 
     def _schedule(self, pending: list, running: list, env: dict[str, str], failed: list[str]) -> None:
-        while pending or running:
+        trained: list[tuple[Arm, int]] = []      # waiting for their evaluation
+        while pending or running or trained:
             while pending and len(running) < self.jobs:
                 arm, seed = pending.pop(0)
                 folder = self.run_folder(arm, seed)
                 folder.mkdir(parents=True, exist_ok=True)
                 if (folder / "model.h5").is_file():       # trained earlier, not yet evaluated
-                    self.finish(arm, seed)
+                    trained.append((arm, seed))
                     continue
                 argv = pretrain_arguments(arm, seed, self.recipe, self.corpus, self.vocab, folder, self.cache_dir)
                 log = open(folder / "train.log", "a", encoding="utf-8")
@@ -295,6 +328,9 @@ class Study:
                                            stderr=subprocess.STDOUT, env=env)
                 log.close()
                 running.append((arm, seed, process, time.time()))
+            if trained:      # the freed slots are busy again: evaluate meanwhile
+                self.finish(*trained.pop(0))
+                continue
             time.sleep(5)
             for item in list(running):
                 arm, seed, process, started = item
@@ -311,7 +347,7 @@ class Study:
                     continue
                 print(f"[{time.strftime('%H:%M:%S')}] {run_name(arm, seed)} trained in {seconds / 60:.1f} min",
                       flush=True)
-                self.finish(arm, seed)
+                trained.append((arm, seed))
 
     def finish(self, arm: Arm, seed: int) -> None:
         """Evaluate a trained run (once) into its eval.json."""
@@ -322,7 +358,8 @@ class Study:
             return
         started = time.time()
         model = load(folder / "model.h5")
-        result = evaluate(model, self._heldout, self.eval_pairs)
+        with one_thread():
+            result = evaluate(model, self._heldout, self.eval_pairs)
         result["eval_seconds"] = round(time.time() - started, 1)
         write_json(folder / "eval.json", result)
         print(f"[{time.strftime('%H:%M:%S')}] {run_name(arm, seed)}: MLM {result['mlm_accuracy']:.3f}, "
@@ -356,7 +393,7 @@ class Study:
                 run["figure_1"] = layer_transitions(load(kept), probe)
             runs.append(run)
         results = {"format": RESULTS_FORMAT, "recipe": self.recipe, "token_budget": token_budget(self.recipe),
-                   "sources": list(SOURCES), "corpus": self.corpus.name,
+                   "sources": list(SOURCES), "corpus": describe_corpus(self.corpus),
                    "evaluation": {"pairs_per_task": self.eval_pairs, "batch_size": EVAL_BATCH, "seed": EVAL_SEED,
                                   "split": "heldout (1 % of each source's documents, never trained on)"},
                    "arms": [asdict(arm) for arm in ARMS], "kept_models": list(KEPT_MODELS),

@@ -63,6 +63,11 @@ def test_figures_are_counts_over_the_evaluation(results):
         assert 0 <= run["mlm_accuracy"] <= 1 and abs(correct - round(correct)) < 1e-6
         curve = run["curve"]
         assert len(curve["step"]) == len(curve["mlm_accuracy"]) == len(curve["pair_accuracy"]) == len(curve["loss"])
+    reference = results["reference"]
+    # the same held-out batches for every model: the masking does not depend on the model
+    assert len({r["mlm_count"] for r in results["runs"]} | {reference["mlm_count"]}) == 1
+    assert reference["trained_on"] == "sop" and reference["sop_count"] == reference["nsp_count"] == pairs
+    assert 0 <= reference["sop_accuracy"] <= 1 and 0 <= reference["nsp_accuracy"] <= 1
 
 
 def test_kept_models_load_and_match_their_runs(results):
@@ -195,3 +200,4 @@ def test_a_small_study_end_to_end_and_resumed(tmp_path, monkeypatch):
     assert (tmp_path / "work" / "split-s0" / "model.h5").stat().st_mtime_ns == model_time
     assert again["runs"] == first["runs"]
     assert again["wall_seconds"] > first["wall_seconds"]
+    assert again["reference"]["sop_count"] == 32 and again["reference"]["trained_on"] == "sop"

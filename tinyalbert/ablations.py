@@ -16,7 +16,8 @@ subprocess on one thread; `--jobs` of them run side by side.
 Every trained model is then measured forward-only, deterministically, on the held-out documents
 (the same fixed batches for every model): masked-LM top-1 accuracy, and the accuracy of its two-way
 head on SOP pairs and on NSP pairs, whichever task it was trained on (label 0 means "B follows A" in
-both, so the one head answers either question).
+both, so the one head answers either question).  The bundled model, trained with SOP on about 25 times
+the budget, is measured on the same batches as a reference.
 
 The study is resumable: a finished run (its model.h5) or evaluation (eval.json) is never redone, and
 an interrupted run continues from its checkpoint (pretrain --resume) with bitwise the same result.
@@ -365,6 +366,22 @@ class Study:
         print(f"[{time.strftime('%H:%M:%S')}] {run_name(arm, seed)}: MLM {result['mlm_accuracy']:.3f}, "
               f"SOP {result['sop_accuracy']:.3f}, NSP {result['nsp_accuracy']:.3f}", flush=True)
 
+    def evaluate_reference(self) -> dict[str, Any]:
+        """The bundled model (SOP-trained, with about 25 times the study's token budget) measured on the same
+        held-out batches: what the SOP arms might reach with more training.  Once, into work/reference/."""
+        from .predict import bundled_model_path
+        from .weights import load
+
+        folder = self.work / "reference"
+        if not (folder / "eval.json").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            started = time.time()
+            with one_thread():
+                result = evaluate(load(bundled_model_path()), self._heldout, self.eval_pairs)
+            result["eval_seconds"] = round(time.time() - started, 1)
+            write_json(folder / "eval.json", result)
+        return json.loads((folder / "eval.json").read_text())
+
     def collect(self, wall_seconds: float) -> dict[str, Any]:
         """results.json and the kept models in OUT, from whatever runs have finished."""
         from .weights import load, load_params, save
@@ -400,6 +417,12 @@ class Study:
                    "figure_1_probe": {"texts": len(probe), "max_length": 64,
                                       "source": "tinyalbert.ablations.probe_texts() of the bundled sample corpus"},
                    "wall_seconds": round(wall_seconds, 1), "runs": runs}
+        reference = self.work / "reference" / "eval.json"
+        if reference.is_file():
+            results["reference"] = {"model": "tinyalbert/data/tinyalbert-mini.h5", "trained_on": "sop",
+                                    "description": "the bundled model: E = 128, H = 256, one shared layer applied "
+                                                   "3 times, 18,800 steps of 32 x 128 tokens (weights/README.md)",
+                                    **json.loads(reference.read_text())}
         write_json(self.out / RESULTS_FILE, results)
         return results
 
@@ -443,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0
         try:
             study.train_all()
+            study.evaluate_reference()
         finally:
             write_json(clock, {"seconds": earlier + time.time() - started})
             results = study.collect(earlier + time.time() - started)

@@ -80,11 +80,11 @@ class Arm:
 ARMS = (
     Arm("base", "E = 64, all layers shared, SOP (the baseline of every table)", (3, 4, 5), 64, 1, "sop", (0, 1)),
     Arm("nsp", "E = 64, all layers shared, NSP", (5,), 64, 1, "nsp", (0, 1)),
-    Arm("not-shared", "E = 64, no sharing (4 groups for 4 applications), SOP", (4,), 64, 4, "sop", (0,)),
-    Arm("e16", "E = 16, all layers shared, SOP", (3,), 16, 1, "sop", (0,)),
+    Arm("not-shared", "E = 64, no sharing (4 groups for 4 applications), SOP", (4,), 64, 4, "sop", (0, 1)),
+    Arm("e16", "E = 16, all layers shared, SOP", (3,), 16, 1, "sop", (0, 1)),
     Arm("groups-2", "E = 64, 2 groups (applications 1-2 share one layer, 3-4 another), SOP", (4,), 64, 2,
-        "sop", (0,)),
-    Arm("e32", "E = 32, all layers shared, SOP", (3,), 32, 1, "sop", (0,)),
+        "sop", (0, 1)),
+    Arm("e32", "E = 32, all layers shared, SOP", (3,), 32, 1, "sop", (0, 1)),
 )
 # the models the notebook reads (Figure 1: shared against not shared); the others stay in the work folder
 KEPT_MODELS = ("base-s0", "not-shared-s0")
@@ -95,7 +95,7 @@ def run_name(arm: Arm, seed: int) -> str:
 
 
 def runs_in_order() -> list[tuple[Arm, int]]:
-    """Every (arm, seed), first seeds first, so that an early stop still leaves one run of every arm...
+    """Every (arm, seed), first seeds first, so that an early stop still leaves one run of every arm,
     except that the headline comparison (base against NSP) gets its second seeds right after its first."""
     first = [(arm, arm.seeds[0]) for arm in ARMS]
     headline = [(arm, s) for arm in ARMS if arm.name in ("base", "nsp") for s in arm.seeds[1:]]
@@ -420,6 +420,7 @@ class Study:
         reference = self.work / "reference" / "eval.json"
         if reference.is_file():
             results["reference"] = {"model": "tinyalbert/data/tinyalbert-mini.h5", "trained_on": "sop",
+                                    "token_budget": 18_800 * 32 * 128,    # steps x batch x length, weights/README.md
                                     "description": "the bundled model: E = 128, H = 256, one shared layer applied "
                                                    "3 times, 18,800 steps of 32 x 128 tokens (weights/README.md)",
                                     **json.loads(reference.read_text())}

@@ -53,6 +53,7 @@ def test_every_run_is_its_arm_with_the_same_budget(results):
 def test_figures_are_counts_over_the_evaluation(results):
     pairs = results["evaluation"]["pairs_per_task"]
     assert pairs >= 1024
+    assert 0 < results["evaluation"]["commonest_token_mlm_accuracy"] < 0.5    # the MLM floor
     for run in results["runs"]:
         for task in ("sop", "nsp"):
             assert run[f"{task}_count"] == pairs

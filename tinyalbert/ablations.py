@@ -172,6 +172,15 @@ def evaluate(model, data_by_task: dict[str, Any], pairs: int = EVAL_PAIRS,
     return result
 
 
+def commonest_token_accuracy(data_by_task: dict[str, Any], pairs: int = EVAL_PAIRS,
+                             batch_size: int = EVAL_BATCH) -> tuple[int, float]:
+    """The MLM floor: (the commonest masked token of the evaluation batches, the accuracy of always answering it)."""
+    labels = np.concatenate([data.batch(i, batch_size, split="heldout")["mlm_labels"].ravel()
+                             for data in data_by_task.values() for i in range(pairs // batch_size)])
+    counts = np.bincount(labels[labels != -100])
+    return int(counts.argmax()), float(counts.max() / counts.sum())
+
+
 # ---- Figure 1 ---------------------------------------------------------------------------------------
 def probe_texts(corpus: Path = SAMPLE_CORPUS, per_source: int = 4, min_words: int = 12) -> list[str]:
     """A fixed set of paragraphs to look inside the models with: the first `per_source` paragraphs of at
@@ -388,6 +397,7 @@ class Study:
 
         self.out.mkdir(parents=True, exist_ok=True)
         probe = probe_texts()
+        commonest, floor = commonest_token_accuracy(self._heldout, self.eval_pairs)
         runs = []
         for arm, seed in runs_in_order():
             folder = self.run_folder(arm, seed)
@@ -412,6 +422,8 @@ class Study:
         results = {"format": RESULTS_FORMAT, "recipe": self.recipe, "token_budget": token_budget(self.recipe),
                    "sources": list(SOURCES), "corpus": describe_corpus(self.corpus),
                    "evaluation": {"pairs_per_task": self.eval_pairs, "batch_size": EVAL_BATCH, "seed": EVAL_SEED,
+                                  "commonest_token": self._heldout["sop"].tokenizer.id_to_piece(commonest),
+                                  "commonest_token_mlm_accuracy": floor,
                                   "split": "heldout (1 % of each source's documents, never trained on)"},
                    "arms": [asdict(arm) for arm in ARMS], "kept_models": list(KEPT_MODELS),
                    "figure_1_probe": {"texts": len(probe), "max_length": 64,

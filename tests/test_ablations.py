@@ -195,6 +195,7 @@ def test_a_small_study_end_to_end_and_resumed(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.h5")) == ["split-s0.h5"]
     assert load(tmp_path / "out" / "split-s0.h5").config.num_hidden_groups == 2
     assert "file" not in first["runs"][0] and len(first["runs"][1]["figure_1"]["l2_distance"]) == 2
+    assert len(first["runs"][0]["figure_1"]["cosine_similarity"]) == 2
     model_time = (tmp_path / "work" / "split-s0" / "model.h5").stat().st_mtime_ns
     assert ablations.main(argv) == 0
     again = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())

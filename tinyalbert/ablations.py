@@ -417,7 +417,7 @@ class Study:
                 save(kept, config, params, spiece_model_bytes=spiece, dtype="float16",
                      provenance={"recipe": "python -m tinyalbert.ablations", "run": name})
                 run["file"] = kept.relative_to(self.out).as_posix()
-                run["figure_1"] = layer_transitions(load(kept), probe)
+            run["figure_1"] = layer_transitions(load(folder / "model.h5"), probe)
             runs.append(run)
         results = {"format": RESULTS_FORMAT, "recipe": self.recipe, "token_budget": token_budget(self.recipe),
                    "sources": list(SOURCES), "corpus": describe_corpus(self.corpus),

@@ -36,10 +36,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .cli import CommandErrors, OneLineParser
+from .data import PARALLEL_SOURCES
 
 DEFAULT_SOURCES = ("tinystories", "wikinews", "gutenberg")
-# Sources whose files hold the same documents in parallel (document k of every file is one text).
-PARALLEL_SOURCES = frozenset({"onestopenglish"})
 
 
 class FinetuneError(ValueError):

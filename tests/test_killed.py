@@ -96,8 +96,8 @@ def pretrain_args(out: Path, corpus: Path, vocab: Path, cache: Path) -> list[str
     return ["--out", str(out), "--vocab", str(vocab), "--data", str(corpus), "--cache-dir", str(cache),
             "--export", str(out.parent / f"{out.name}-export.h5"),
             "--embedding-size", "8", "--hidden-size", "16", "--num-heads", "2", "--intermediate-size", "24",
-            "--num-layers", "2", "--seq-len", "32", "--steps", "80", "--batch-size", "4", "--warmup", "2",
-            "--lr", "1e-2", "--log-every", "1", "--eval-every", "40", "--eval-batches", "1",
+            "--num-layers", "2", "--seq-len", "32", "--steps", "40", "--batch-size", "4", "--warmup", "2",
+            "--lr", "1e-2", "--log-every", "1", "--eval-every", "10", "--eval-batches", "1",
             "--checkpoint-every", "2", "--heldout-fraction", "0.1"]
 
 

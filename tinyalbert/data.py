@@ -44,9 +44,7 @@ import inspect
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 import zlib
 from array import array
@@ -55,6 +53,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from .files import atomic_output_dir
 
 # A 2.5 MB sample of the bundled model's training corpus, installed with the package: one folder per
 # source, in the format of step 1 above.  What it holds and its licences: tinyalbert/data/corpus/PROVENANCE.md.
@@ -249,8 +249,6 @@ def build_token_cache(source: Source, tokenizer, cache_dir: str | os.PathLike | 
     The cache is written to a temporary folder and renamed into place, so an
     interrupted run never leaves a half-written cache behind.
     """
-    from tqdm import tqdm
-
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     files = list_text_files(source.paths)
     if not files:
@@ -261,53 +259,55 @@ def build_token_cache(source: Source, tokenizer, cache_dir: str | os.PathLike | 
         return TokenCache.load(final)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=cache_dir))
+    try:
+        with atomic_output_dir(final) as tmp:
+            _write_token_cache(Path(tmp), source, files, key, tokenizer, progress)
+    except OSError:  # another process finished the same cache first: keep theirs
+        if not (final / "meta.json").is_file():
+            raise
+    return TokenCache.load(final)
+
+
+def _write_token_cache(tmp: Path, source: Source, files: list[Path], key: str, tokenizer, progress: bool) -> None:
+    """Tokenize `files` into the (new, empty) cache folder `tmp`: tokens.bin, offsets, positions, meta.json."""
+    from tqdm import tqdm
+
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.int32)
     sentence_ends = array("q")  # token offset after each sentence
     document_ends = array("q")  # sentence count after each document
     document_positions = array("q")  # each kept document's place in its file, empty documents counted
     n_tokens = 0
     encode = tokenizer.encode
-    try:
-        total = sum(p.stat().st_size for p in files)
-        with open(tmp / "tokens.bin", "wb") as out, \
-                tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {source.name}",
-                     disable=not progress, mininterval=1.0) as bar:
-            for path in files:
-                counted = 0
-                for position, doc in enumerate(read_documents(path, source.one_doc_per_file)):
-                    n_sent_before = len(sentence_ends)
-                    for paragraph in doc:
-                        for sentence in split_sentences(paragraph):
-                            ids = encode(sentence, add_special_tokens=False)
-                            if ids:
-                                out.write(np.asarray(ids, dtype=dtype).tobytes())
-                                n_tokens += len(ids)
-                                sentence_ends.append(n_tokens)
-                        n_bytes = len(paragraph.encode("utf-8")) + 1
-                        counted += n_bytes
-                        bar.update(n_bytes)
-                    if len(sentence_ends) > n_sent_before:
-                        document_ends.append(len(sentence_ends))
-                        document_positions.append(position)
-                bar.update(max(0, path.stat().st_size - counted))  # blank lines and stripped spaces
-        np.save(tmp / "sentence_offsets.npy", np.concatenate([[0], np.frombuffer(sentence_ends, np.int64)]))
-        np.save(tmp / "document_offsets.npy", np.concatenate([[0], np.frombuffer(document_ends, np.int64)]))
-        np.save(tmp / "document_positions.npy", np.frombuffer(document_positions, np.int64))
-        meta = {"source": source.name, "key": key, "dtype": dtype.name, "num_tokens": n_tokens,
-                "num_sentences": len(sentence_ends), "num_documents": len(document_ends),
-                "one_doc_per_file": source.one_doc_per_file, "files": [str(p) for p in files],
-                "cache_version": CACHE_VERSION}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same cache first: keep theirs
-            if not (final / "meta.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return TokenCache.load(final)
+    total = sum(p.stat().st_size for p in files)
+    with open(tmp / "tokens.bin", "wb") as out, \
+            tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {source.name}",
+                 disable=not progress, mininterval=1.0) as bar:
+        for path in files:
+            counted = 0
+            for position, doc in enumerate(read_documents(path, source.one_doc_per_file)):
+                n_sent_before = len(sentence_ends)
+                for paragraph in doc:
+                    for sentence in split_sentences(paragraph):
+                        ids = encode(sentence, add_special_tokens=False)
+                        if ids:
+                            out.write(np.asarray(ids, dtype=dtype).tobytes())
+                            n_tokens += len(ids)
+                            sentence_ends.append(n_tokens)
+                    n_bytes = len(paragraph.encode("utf-8")) + 1
+                    counted += n_bytes
+                    bar.update(n_bytes)
+                if len(sentence_ends) > n_sent_before:
+                    document_ends.append(len(sentence_ends))
+                    document_positions.append(position)
+            bar.update(max(0, path.stat().st_size - counted))  # blank lines and stripped spaces
+    np.save(tmp / "sentence_offsets.npy", np.concatenate([[0], np.frombuffer(sentence_ends, np.int64)]))
+    np.save(tmp / "document_offsets.npy", np.concatenate([[0], np.frombuffer(document_ends, np.int64)]))
+    np.save(tmp / "document_positions.npy", np.frombuffer(document_positions, np.int64))
+    meta = {"source": source.name, "key": key, "dtype": dtype.name, "num_tokens": n_tokens,
+            "num_sentences": len(sentence_ends), "num_documents": len(document_ends),
+            "one_doc_per_file": source.one_doc_per_file, "files": [str(p) for p in files],
+            "cache_version": CACHE_VERSION}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def document_groups(cache: TokenCache, parallel: bool) -> np.ndarray:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyalbert.data import PretrainingData
+from tinyalbert.files import atomic_output
 from tinyalbert.predict import fill_mask
 from tinyalbert.weights import load
 
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(figures, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        with atomic_output(args.json) as tmp:
+            Path(tmp).write_text(json.dumps(figures, indent=2) + "\n")
     print("\n| input | top 3 (probability) |\n|---|---|")
     for text in SENTENCES + BIAS_PROBES:
         top = fill_mask(model, text, top_k=3)

@@ -250,10 +250,13 @@ def load_params(path: str | os.PathLike, dtype: Any = None, mmap: bool = True
             raise WeightsError(f"{path} is not a tinyalbert weights file ({found}, expected {FORMAT!r}); "
                                "convert a checkpoint with `python -m tinyalbert.convert`")
         version = attrs.get("format_version")
-        if type(version) is not int or version != FORMAT_VERSION:
-            found = "no format_version attribute" if version is None else \
-                f"format_version {version!r} ({type(version).__name__})" if type(version) is not int else \
-                f"format_version {version}"
+        if type(version) is not int or version != FORMAT_VERSION:   # a bool, a float or text is damage too
+            if version is None:
+                found = "no format_version attribute"
+            elif type(version) is int:
+                found = f"format_version {version}"
+            else:
+                found = f"format_version {version!r} (a {type(version).__name__}, not an integer)"
             raise WeightsError(f"{path} has {found}, but this tinyalbert reads format_version "
                                f"{FORMAT_VERSION}; re-convert it with this version of tinyalbert")
         config_json = attrs.get("config_json")

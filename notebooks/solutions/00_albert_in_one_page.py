@@ -1,11 +1,14 @@
-"""Solutions to the exercises of notebook 0, ALBERT in one page.  Run: python notebooks/solutions/00_albert_in_one_page.py"""
+"""Solutions to the exercises of notebook 0, ALBERT in one page.
+
+Run: python notebooks/solutions/00_albert_in_one_page.py
+"""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # notebooks/, for nbsetup
+import nbsetup  # noqa: E402
 import numpy as np  # noqa: E402
 
-import nbsetup  # noqa: E402
 from tinyalbert import AlbertConfig, param_shapes  # noqa: E402
 
 nb = nbsetup.notebook_namespace("00_albert_in_one_page.ipynb")

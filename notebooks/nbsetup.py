@@ -11,6 +11,7 @@ the files the notebooks read:
     XXLARGE     weights/albert-xxlarge-v2.h5, present only if you converted it (see README.md)
     weights_path()  the model the notebooks study: $TINYALBERT_WEIGHTS if set, else the bundled small model
     one_thread()    a context manager for gradient checks (many calls on tiny arrays): one BLAS and Numba thread
+    notebook_namespace(name)  a notebook's variables, from running its code cells (for the exercise solutions)
 """
 from __future__ import annotations
 
@@ -162,3 +163,29 @@ def masked_batch(tokenizer, sentences, seed: int = 0, max_length: int = 64):
         attention_mask[i, :len(ids)] = 1
         labels[i, :len(ids)] = lab
     return input_ids, attention_mask, labels
+
+
+def notebook_namespace(name: str, stop_at: str | None = None) -> dict:
+    """Run the code cells of notebooks/<name> without Jupyter and return the variables they define.
+
+    The exercise solutions (notebooks/solutions/) build on a notebook's functions and data this way
+    instead of copying them.  Magic lines (%matplotlib) are skipped and figures go to a non-interactive
+    backend, and what the cells print is not shown.  With stop_at, the cells before the first one whose
+    source contains that text are run.
+    """
+    import io
+
+    import matplotlib
+    import nbformat
+
+    matplotlib.use("Agg")
+    namespace: dict = {"__name__": f"notebook {name}"}
+    for cell in nbformat.read(ROOT / "notebooks" / name, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        if stop_at is not None and stop_at in cell.source:
+            break
+        source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith("%"))
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(source, f"{name}, cell {cell.get('id', '?')}", "exec"), namespace)
+    return namespace

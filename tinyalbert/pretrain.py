@@ -5,8 +5,9 @@
         --hidden-size 256 --num-heads 4 --num-layers 6 --steps 3000 --batch-size 32
 
 One training step: batch(step) -> model.loss_and_grads -> clip the global norm ->
-LAMB (or AdamW) update with warm-up then linear decay.  Batches depend only on
-(seed, step), and every kernel is deterministic, so a run stopped and resumed
+LAMB (or AdamW) update with warm-up then linear decay.  Batches and dropout masks
+(when the config's rates are not 0) depend only on (seed, step), and every kernel
+is deterministic, so a run stopped and resumed
 from its checkpoint (`--resume`) ends with parameters bitwise equal to those of
 an uninterrupted run, even when it was killed (tests/test_killed.py).  --resume
 refuses arguments that differ from the checkpoint's, except those in
@@ -37,6 +38,7 @@ import numpy as np
 
 from .files import atomic_output
 from .nn.config import AlbertConfig
+from .nn.dropout import step_generator
 from .nn.model import Albert
 from .nn.params import (
     EMB,
@@ -185,14 +187,14 @@ def trim_log(log_path: Path, step: int) -> None:
 
 # ---- evaluation and plots -----------------------------------------------------------------------------
 def evaluate(model: Albert, data, batches: int, batch_size: int) -> dict[str, float]:
-    """Held-out loss, MLM top-1 accuracy and SOP accuracy over `batches` fixed held-out batches."""
+    """Held-out loss, MLM top-1 accuracy and SOP accuracy over `batches` fixed held-out batches
+    (forward passes only, no dropout: `Albert.loss`)."""
     totals = {"loss": 0.0, "mlm_loss": 0.0, "sop_loss": 0.0, "mlm_correct": 0, "mlm_count": 0, "sop_correct": 0,
               "sop_count": 0}
     for i in range(batches):
         b = data.batch(i, batch_size, split="heldout")
-        loss, _ = model.loss_and_grads(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mlm_labels"],
-                                       b["sop_labels"] if model.has_sop_head else None)
-        s = model.last_stats
+        loss, s = model.loss(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mlm_labels"],
+                             b["sop_labels"] if model.has_sop_head else None)
         totals["loss"] += loss
         totals["mlm_loss"] += s["mlm_loss"]
         totals["sop_loss"] += s["sop_loss"] or 0.0
@@ -310,7 +312,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         for step in range(start_step, args.steps):
             b = data.batch(step, args.batch_size)
             loss, grads = model.loss_and_grads(b["input_ids"], b["token_type_ids"], b["attention_mask"],
-                                               b["mlm_labels"], b["sop_labels"])
+                                               b["mlm_labels"], b["sop_labels"], rng=step_generator(args.seed, step))
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or raise --warmup")
             grad_norm = clip_grad_norm(grads, args.clip)

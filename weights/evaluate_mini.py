@@ -51,9 +51,7 @@ def score(model, data: PretrainingData, batches: int, frequent_token: int) -> di
     totals = dict.fromkeys(("loss", "mlm_correct", "mlm_base", "mlm_count", "sop_correct", "sop_count"), 0.0)
     for i in range(batches):
         b = data.batch(i, 32, split="heldout")
-        loss, _ = model.loss_and_grads(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mlm_labels"],
-                                       b["sop_labels"])
-        s = model.last_stats
+        loss, s = model.loss(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mlm_labels"], b["sop_labels"])
         labels = b["mlm_labels"]
         for key, value in (("loss", loss), ("mlm_correct", s["mlm_correct"]), ("mlm_count", s["mlm_count"]),
                            ("sop_correct", s["sop_correct"]), ("sop_count", s["sop_count"]),

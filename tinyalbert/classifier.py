@@ -33,7 +33,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from .files import atomic_output
-from .memory import keep_freed_memory
 from .nn.body import albert_body_backward, albert_body_forward, prepare_inputs
 from .nn.config import AlbertConfig
 from .nn.heads import pooler_backward, pooler_forward
@@ -205,7 +204,6 @@ class AlbertClassifier:
         trains with config.classifier_dropout_prob = 0.1); rng draws its mask.
         After the call, `last_stats` holds loss, correct and count.
         """
-        keep_freed_memory()
         ids, tt, mask = prepare_inputs(self.config, input_ids, token_type_ids, attention_mask)
         y = self._label_ids(labels, ids.shape[0])
         p = self.params

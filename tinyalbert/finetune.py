@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .cli import CommandErrors, OneLineParser
+from .tuning import tune_process
 
 DEFAULT_SOURCES = ("tinystories", "wikinews", "gutenberg")
 # Sources whose files hold the same documents in parallel (document k of every file is one text).
@@ -535,6 +536,7 @@ def _limit_threads(n: int | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_process()
     args = parse_args(argv)
     from .weights import WeightsError
 

@@ -43,6 +43,7 @@ from .nn.params import (
     tie_query_key_init,
 )
 from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
+from .tuning import tune_process
 
 CHECKPOINT_FORMAT = "tinyalbert-checkpoint"
 
@@ -348,6 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_process()
     args = parse_args(argv)
     try:
         train(args)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..memory import keep_freed_memory
 from .body import albert_body_backward, albert_body_forward, prepare_inputs
 from .config import AlbertConfig
 from .encoder import check_depth
@@ -114,7 +113,6 @@ class Albert:
         mlm_labels: (B, T), -100 where nothing is predicted.  sop_labels: (B,) or None (MLM only).
         The MLM head runs only at labelled positions: the loss needs no others, and the result is identical.
         """
-        keep_freed_memory()
         ids, tt, mask = prepare_inputs(self.config, input_ids, token_type_ids, attention_mask)
         c, p = self.config, self.params
         labels = np.asarray(mlm_labels).reshape(ids.shape)

@@ -98,8 +98,9 @@ def column_sum_(x: np.ndarray, out: np.ndarray) -> None:
 # itself ships (same library, same thread pool) through ctypes when it can be found: in NumPy's Linux
 # wheels (NumPy >= 2).  Elsewhere (conda's MKL, macOS's Accelerate, older NumPy) `_GEMM` is empty and
 # `_accumulate_with_numpy` gives the same sums in bounded scratch memory, a little slower.
-# scipy.linalg.blas's gemm would do the same portably; docs/performance.md has the measurements that
-# kept this ctypes call instead.
+# scipy.linalg.blas's gemm would do the same portably and as fast alone, but a pip install brings a
+# second OpenBLAS with a thread pool of its own, which slowed training steps 2-5x on 2 cores and would be
+# a new dependency: measured in docs/performance.md, "In-place weight-gradient accumulation".
 _CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS, _CBLAS_TRANS = 101, 111, 112
 GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # The NumPy fallback computes c in row blocks whose scratch holds at most this many bytes (or one row).

@@ -1,8 +1,10 @@
 """Common set-up for the teaching notebooks: where the repository, the data and the weights are.
 
 Every notebook starts with `import nbsetup`.  It finds the repository root (the folder holding
-`tinyalbert/`), puts it on sys.path so that `import tinyalbert` works without installing, and names
-the files the notebooks read:
+`tinyalbert/`), puts it on sys.path so that `import tinyalbert` works without installing, calls
+`tinyalbert.tune_process()` (the notebooks train and differentiate, so their kernel process gets the settings
+the training programs use: idle OpenMP threads sleep, malloc keeps freed memory; importing tinyalbert alone
+changes neither), and names the files the notebooks read:
 
     ROOT        the repository root
     VOCAB_30K   the genuine ALBERT vocabulary, installed with the package (tinyalbert.tokenizer.ALBERT_VOCAB)
@@ -33,8 +35,11 @@ ROOT = _find_root()
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tinyalbert.data import SAMPLE_CORPUS  # noqa: E402  (importable once ROOT is on sys.path)
+from tinyalbert import tune_process  # noqa: E402  (importable once ROOT is on sys.path)
+from tinyalbert.data import SAMPLE_CORPUS  # noqa: E402
 from tinyalbert.tokenizer import ALBERT_VOCAB  # noqa: E402
+
+tune_process()      # before the first kernel starts Numba's OpenMP threads
 
 VOCAB_30K = ALBERT_VOCAB
 CORPUS = SAMPLE_CORPUS

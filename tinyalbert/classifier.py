@@ -36,7 +36,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from .files import atomic_output
-from .memory import keep_freed_memory
 from .nn.body import albert_body_backward, albert_body_forward, prepare_inputs
 from .nn.config import AlbertConfig
 from .nn.dropout import Dropout, check_rate, dropout_backward, dropout_forward
@@ -197,7 +196,6 @@ class AlbertClassifier:
         and attention_probs_dropout_prob say (nn/dropout.py).  rng draws every mask, the body's first.
         After the call, `last_stats` holds loss, correct and count (of the labelled examples).
         """
-        keep_freed_memory()
         ids, tt, mask = prepare_inputs(self.config, input_ids, token_type_ids, attention_mask)
         y = check_labels(labels, "labels", ids.shape[:1], self.num_labels)
         check_rate(dropout)

@@ -37,6 +37,7 @@ import numpy as np
 
 from .cli import CommandErrors, OneLineParser
 from .data import PARALLEL_SOURCES
+from .tuning import tune_process
 
 DEFAULT_SOURCES = ("tinystories", "wikinews", "gutenberg")
 
@@ -537,6 +538,7 @@ def _limit_threads(n: int | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_process()
     args = parse_args(argv)
     from .weights import WeightsError
 

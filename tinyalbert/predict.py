@@ -26,6 +26,7 @@ import numpy as np
 from .cli import CommandErrors, OneLineParser
 from .nn.encoder import check_depth
 from .nn.losses import log_softmax
+from .tuning import tune_process
 
 if TYPE_CHECKING:
     from .nn.model import Albert
@@ -328,6 +329,7 @@ def _resolve_weights(arg: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_process(training=False)
     parser = OneLineParser(prog="python -m tinyalbert.predict",
                            description="Fill in [MASK] tokens (or score sentence order) with ALBERT.")
     parser.add_argument("texts", nargs="*", help="input texts, each with at least one [MASK]")

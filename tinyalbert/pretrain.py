@@ -50,6 +50,7 @@ from .nn.params import (
     tie_query_key_init,
 )
 from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
+from .tuning import tune_process
 
 CHECKPOINT_FORMAT = "tinyalbert-checkpoint"
 # Arguments that may differ between a run and its resumption: where the run lives and its caches, how
@@ -418,6 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_process()
     args = parse_args(argv)
     try:
         train(args)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..memory import keep_freed_memory
 from .body import albert_body_backward, albert_body_forward, prepare_inputs
 from .config import AlbertConfig
 from .dropout import Dropout
@@ -175,7 +174,6 @@ class Albert:
         is non-zero (dropout.py); pass a seeded Generator for reproducible masks (None: a fresh one).
         With both rates 0 nothing is drawn.  After the call `last_stats` holds the losses and the counts.
         """
-        keep_freed_memory()
         ids, tt, mask = prepare_inputs(self.config, input_ids, token_type_ids, attention_mask)
         c, p = self.config, self.params
         labels, sop_labels = self._checked_labels(ids.shape, mlm_labels, sop_labels)

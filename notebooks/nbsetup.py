@@ -1,8 +1,10 @@
 """Common set-up for the teaching notebooks: where the repository, the data and the weights are.
 
 Every notebook starts with `import nbsetup`.  It finds the repository root (the folder holding
-`tinyalbert/`), puts it on sys.path so that `import tinyalbert` works without installing, and names
-the files the notebooks read:
+`tinyalbert/`), puts it on sys.path so that `import tinyalbert` works without installing, calls
+`tinyalbert.tune_process()` (the notebooks train and differentiate, so their kernel process gets the settings
+the training programs use: idle OpenMP threads sleep, malloc keeps freed memory; importing tinyalbert alone
+changes neither), and names the files the notebooks read:
 
     ROOT        the repository root
     VOCAB_30K   the genuine ALBERT vocabulary, installed with the package (tinyalbert.tokenizer.ALBERT_VOCAB)
@@ -11,6 +13,7 @@ the files the notebooks read:
     XXLARGE     weights/albert-xxlarge-v2.h5, present only if you converted it (see README.md)
     weights_path()  the model the notebooks study: $TINYALBERT_WEIGHTS if set, else the bundled small model
     one_thread()    a context manager for gradient checks (many calls on tiny arrays): one BLAS and Numba thread
+    notebook_namespace(name)  a notebook's variables, from running its code cells (for the exercise solutions)
 """
 from __future__ import annotations
 
@@ -32,8 +35,11 @@ ROOT = _find_root()
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tinyalbert.data import SAMPLE_CORPUS  # noqa: E402  (importable once ROOT is on sys.path)
+from tinyalbert import tune_process  # noqa: E402  (importable once ROOT is on sys.path)
+from tinyalbert.data import SAMPLE_CORPUS  # noqa: E402
 from tinyalbert.tokenizer import ALBERT_VOCAB  # noqa: E402
+
+tune_process()      # before the first kernel starts Numba's OpenMP threads
 
 VOCAB_30K = ALBERT_VOCAB
 CORPUS = SAMPLE_CORPUS
@@ -162,3 +168,29 @@ def masked_batch(tokenizer, sentences, seed: int = 0, max_length: int = 64):
         attention_mask[i, :len(ids)] = 1
         labels[i, :len(ids)] = lab
     return input_ids, attention_mask, labels
+
+
+def notebook_namespace(name: str, stop_at: str | None = None) -> dict:
+    """Run the code cells of notebooks/<name> without Jupyter and return the variables they define.
+
+    The exercise solutions (notebooks/solutions/) build on a notebook's functions and data this way
+    instead of copying them.  Magic lines (%matplotlib) are skipped and figures go to a non-interactive
+    backend, and what the cells print is not shown.  With stop_at, the cells before the first one whose
+    source contains that text are run.
+    """
+    import io
+
+    import matplotlib
+    import nbformat
+
+    matplotlib.use("Agg")
+    namespace: dict = {"__name__": f"notebook {name}"}
+    for cell in nbformat.read(ROOT / "notebooks" / name, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        if stop_at is not None and stop_at in cell.source:
+            break
+        source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith("%"))
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(source, f"{name}, cell {cell.get('id', '?')}", "exec"), namespace)
+    return namespace

@@ -12,6 +12,8 @@ from tinyalbert.data import (
     TokenCache,
     build_token_cache,
     candidate_units,
+    document_groups,
+    heldout_documents,
     make_next_sentence_pair,
     make_sentence_pair,
     mask_tokens,
@@ -116,6 +118,45 @@ def test_heldout_documents_never_in_training(data):
         assert held[hdocs].all()
     b = data.batch(0, 4, split="heldout")
     assert b["input_ids"].shape == (4, 64)
+
+
+def test_heldout_split_keeps_an_articles_rewrites_together(tokenizer, tmp_path):
+    """A parallel source (document k of every file is one article at another reading level) is held out by
+    article: every level of a held-out article is held out, and no level of a training article is."""
+    rng = random.Random(1)
+    folder = tmp_path / "onestopenglish"
+    folder.mkdir()
+    articles = 30
+    for level in ("elementary", "intermediate", "advanced"):
+        docs = ["\n".join(fake_paragraph(rng) for _ in range(3)) for _ in range(articles)]
+        (folder / f"onestop_{level}_000.txt").write_text("\n\n".join(docs) + "\n")
+    source = Source.parse(str(folder))
+    assert source.parallel and not Source.parse(str(tmp_path)).parallel
+    data = PretrainingData([source], tokenizer, tmp_path / "cache", max_seq_length=64, heldout_fraction=0.2,
+                           progress=False)
+    cache, held = data.caches[0], data.heldout[0]
+    positions = np.asarray(cache.document_positions)
+    assert positions.tolist() == 3 * list(range(articles))
+    held_articles = set(positions[held].tolist())
+    assert len(held_articles) == round(0.2 * articles)
+    assert held.sum() == 3 * len(held_articles)           # all three levels of each held-out article
+    assert not held_articles & set(positions[~held].tolist())
+
+
+def test_heldout_documents_one_group_per_document_is_a_document_split():
+    groups = np.arange(50)
+    held = heldout_documents(groups, 0.1, seed=3)
+    assert held.sum() == 5
+    assert (heldout_documents(groups, 0.1, seed=3) == held).all()
+    assert not heldout_documents(groups, 0.0, seed=3).any()
+    assert heldout_documents(np.zeros(4, np.int64), 0.5, seed=3).sum() == 0  # one group: nothing can be held out
+    assert heldout_documents(np.array([0, 1]), 0.9, seed=3).sum() == 1       # never all
+
+
+def test_document_groups(data):
+    cache = data.caches[0]
+    assert (document_groups(cache, parallel=False) == np.arange(cache.num_documents)).all()
+    assert document_groups(cache, parallel=True).max() < cache.num_documents
 
 
 # ----------------------------------------------------------------------------- pairs

@@ -4,31 +4,160 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinyalbert.nn.kernels import _GEMM, column_sum_, matmul_tn_accumulate_
+from tinyalbert.nn import Albert, AlbertConfig, init_params, kernels
+from tinyalbert.nn.kernels import column_sum_, matmul_tn_accumulate_
 from tinyalbert.nn.linear import SKINNY_ROWS, linear_forward
 
 
 def test_numpy_blas_gemm_is_found():
-    # NumPy's wheels ship OpenBLAS; without it the code falls back to a temporary (slower, same result)
-    assert set(_GEMM) == {np.dtype(np.float32), np.dtype(np.float64)}
+    # NumPy's Linux wheels ship OpenBLAS; without it the code falls back to NumPy in blocks (slower, same sums)
+    assert set(kernels._GEMM) == {np.dtype(np.float32), np.dtype(np.float64)}
+
+
+@pytest.fixture(params=["blas", "numpy"])
+def gemm_path(request, monkeypatch):
+    """Run a test through the BLAS call and again with the NumPy fallback forced, as on a platform without it.
+
+    The fallback's scratch is shrunk to a few rows so that its block loop runs several times.
+    """
+    if request.param == "numpy":
+        monkeypatch.setattr(kernels, "_GEMM", {})
+        monkeypatch.setattr(kernels, "FALLBACK_SCRATCH_BYTES", 3 * 64 * 8)
+    return request.param
+
+
+def _operands(shape, dtype, seed=0):
+    K, M, N = shape
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((K, M)).astype(dtype), rng.standard_normal((K, N)).astype(dtype),
+            rng.standard_normal((M, N)).astype(dtype))
+
+
+def _reference(c, a, b):
+    return c.astype(np.float64) + a.astype(np.float64).T @ b.astype(np.float64)
+
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-13}
+SHAPES = [(1, 1, 1), (7, 5, 3), (130, 64, 33), (3, 67, 1), (257, 2, 129)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 5, 3), (130, 64, 33)])
-def test_matmul_tn_accumulate(dtype, shape):
-    K, M, N = shape
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((K, M)).astype(dtype)
-    b = rng.standard_normal((K, N)).astype(dtype)
-    c = rng.standard_normal((M, N)).astype(dtype)
-    expected = c.astype(np.float64) + a.astype(np.float64).T @ b.astype(np.float64)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matmul_tn_accumulate(gemm_path, dtype, shape):
+    a, b, c = _operands(shape, dtype)
+    expected = _reference(c, a, b)
     matmul_tn_accumulate_(c, a, b)
-    tol = 1e-5 if dtype == np.float32 else 1e-13
-    assert np.abs(c - expected).max() <= tol * np.abs(expected).max()
-    # a strided operand takes the NumPy fallback and gives the same sum
-    c2 = np.zeros((M, N), dtype)
-    matmul_tn_accumulate_(c2, np.asfortranarray(a), b)
-    assert np.allclose(c2, a.T @ b, rtol=tol, atol=tol)
+    assert c.dtype == dtype
+    assert np.abs(c - expected).max() <= TOLERANCE[dtype] * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_blas_and_numpy_fallback_agree(monkeypatch, dtype, shape):
+    a, b, c = _operands(shape, dtype, seed=1)
+    through_blas = c.copy()
+    matmul_tn_accumulate_(through_blas, a, b)
+    monkeypatch.setattr(kernels, "_GEMM", {})
+    in_one_block = c.copy()
+    matmul_tn_accumulate_(in_one_block, a, b)
+    # one block: exactly NumPy's c + a^T b, bit for bit
+    assert np.array_equal(in_one_block, c + a.T @ b)
+    monkeypatch.setattr(kernels, "FALLBACK_SCRATCH_BYTES", 1)       # one row of c at a time
+    row_by_row = c.copy()
+    matmul_tn_accumulate_(row_by_row, a, b)
+    scale = TOLERANCE[dtype] * np.abs(_reference(c, a, b)).max()
+    assert np.abs(through_blas - in_one_block).max() <= scale
+    assert np.abs(row_by_row - in_one_block).max() <= scale
+
+
+def _strided_views(a, b, c):
+    """The same values in other layouts: Fortran order, every other element of a bigger array, and c as a
+    column block of a wider array (whose other columns must not change)."""
+    wide = np.full((c.shape[0], c.shape[1] + 5), 7.0, c.dtype)
+    wide[:, 2:2 + c.shape[1]] = c
+    spaced_b = np.zeros((b.shape[0], 2 * b.shape[1]), b.dtype)
+    spaced_b[:, ::2] = b
+    return np.asfortranarray(a), spaced_b[:, ::2], wide[:, 2:2 + c.shape[1]], wide
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_strided_operands_give_the_same_sum(gemm_path, dtype, shape):
+    a, b, c = _operands(shape, dtype, seed=2)
+    expected = _reference(c, a, b)
+    a2, b2, c2, wide = _strided_views(a, b, c)
+    matmul_tn_accumulate_(c2, a2, b2)
+    assert np.abs(c2 - expected).max() <= TOLERANCE[dtype] * np.abs(expected).max()
+    assert (wide[:, :2] == 7).all() and (wide[:, 2 + c.shape[1]:] == 7).all()
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3), (5, 0, 3), (5, 4, 0)])
+def test_empty_products_change_nothing(gemm_path, shape, capfd):
+    a, b, c = _operands(shape, np.float32)
+    before = c.copy()
+    matmul_tn_accumulate_(c, a, b)
+    assert np.array_equal(c, before)
+    assert capfd.readouterr().err == ""          # OpenBLAS prints its parameter errors to stderr
+
+
+@pytest.mark.parametrize("a_shape, b_shape, c_shape", [
+    ((7, 5), (6, 3), (5, 3)),       # K differs
+    ((7, 5), (7, 3), (4, 3)),       # c has too few rows
+    ((7, 5), (7, 3), (5, 4)),       # c has too many columns
+    ((7, 5), (7, 3), (3, 5)),       # c transposed
+    ((7, 5), (7, 3), (15,)),        # c flat, with the right number of elements
+    ((7, 5, 1), (7, 3), (5, 3)),    # a 3-D
+])
+def test_shapes_that_disagree_are_refused_before_any_write(gemm_path, a_shape, b_shape, c_shape):
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+    c = rng.standard_normal(c_shape)
+    before = c.copy()
+    with pytest.raises(ValueError, match="matmul_tn_accumulate_: .*(shapes do not agree|2-D)"):
+        matmul_tn_accumulate_(c, a, b)
+    assert np.array_equal(c, before)
+
+
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float64, np.float32), (np.float64, np.float64, np.float32),
+                                    (np.float32, np.float32, np.float64), (np.int64, np.int64, np.int64),
+                                    (np.float16, np.float16, np.float16)])
+def test_dtypes_must_be_one_float_type(gemm_path, dtypes):
+    c = np.zeros((5, 3), dtypes[0])
+    a, b = np.ones((7, 5), dtypes[1]), np.ones((7, 3), dtypes[2])
+    with pytest.raises(TypeError, match="share one dtype"):
+        matmul_tn_accumulate_(c, a, b)
+    assert not c.any()
+
+
+def test_read_only_or_overlapping_output_is_refused(gemm_path):
+    a, b, c = _operands((7, 5, 5), np.float64)
+    frozen = c.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        matmul_tn_accumulate_(frozen, a, b)
+    square = np.ones((5, 5))
+    with pytest.raises(ValueError, match="overlaps"):
+        matmul_tn_accumulate_(square, square, b[:5])
+    with pytest.raises(ValueError, match="overlaps"):
+        matmul_tn_accumulate_(square, a[:5], square)
+    assert (square == 1).all()
+
+
+def test_training_step_is_the_same_through_the_numpy_fallback(monkeypatch):
+    """A whole loss_and_grads, every weight gradient accumulated by the fallback, matches the BLAS path."""
+    c = AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_attention_heads=2, intermediate_size=32,
+                     num_hidden_layers=2)
+    model = Albert(c, init_params(c, dtype=np.float64))
+    ids = np.array([[2, 7, 9, 3, 11], [2, 5, 6, 3, 0]])
+    labels = np.array([[-100, 7, -100, -100, 4], [-100, -100, 6, -100, -100]])
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    args = (ids, None, mask, labels, np.array([0, 1]))
+    loss, grads = model.loss_and_grads(*args)
+    monkeypatch.setattr(kernels, "_GEMM", {})
+    loss_fallback, grads_fallback = model.loss_and_grads(*args)
+    assert loss_fallback == pytest.approx(loss, rel=1e-14)
+    for name, g in grads.items():
+        assert np.allclose(grads_fallback[name], g, rtol=1e-12, atol=1e-14 * np.abs(g).max()), name
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -58,28 +187,3 @@ def test_column_sum_accumulates_and_is_deterministic(rows):
     again = np.ones(37)
     column_sum_(x, again)
     assert np.array_equal(out, again)
-
-
-def test_training_alone_switches_malloc_to_keep_freed_memory():
-    """Inference leaves malloc alone (peak RSS); the first training step asks it to keep freed buffers."""
-    import os
-    import subprocess
-    import sys
-
-    code = """
-import numpy as np
-from tinyalbert import AlbertConfig, Albert, init_params, memory
-c = AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_attention_heads=2, intermediate_size=32,
-                 num_hidden_layers=2)
-m = Albert(c, init_params(c))
-ids = np.array([[2, 7, 9, 3]])
-m.forward(ids)
-after_forward = memory._applied
-labels = np.array([[-100, 7, -100, -100]])
-m.loss_and_grads(ids, None, None, labels, np.array([0]))
-print(after_forward, memory._applied)
-"""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "True"]

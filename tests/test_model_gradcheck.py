@@ -27,6 +27,10 @@ Attention key bias: its exact gradient is zero (adding bk to every key shifts al
 scores by the same amount, which softmax ignores), so analytic and numerical values are both noise;
 they must both be below 1e-6 times the scale of the key weight's gradient.
 
+With dropout (test_full_model_gradients_with_dropout) every call of loss_and_grads gets a new
+Generator with the same seed, so it draws the same masks: the loss is then one fixed function of
+the parameters, whose gradient the central differences measure.
+
 Run with `pytest -s` for the per-tensor summary.
 """
 from __future__ import annotations
@@ -90,10 +94,19 @@ def key_bias_reference(name: str) -> str | None:
     return name.removesuffix("bias") + "weight" if name.endswith("attention.key.bias") else None
 
 
-def check_model_gradients(report, label: str, model: Albert, sop_labels, seed: int = 0) -> dict:
-    """Check every parameter's gradient against central differences of the loss.  Returns the grads."""
+def check_model_gradients(report, label: str, model: Albert, sop_labels, seed: int = 0,
+                          dropout_seed: int | None = None) -> dict:
+    """Check every parameter's gradient against central differences of the loss.  Returns the grads.
+
+    dropout_seed: every loss_and_grads call draws its dropout masks from a new Generator with this seed.
+    """
     batch = (INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK, MLM_LABELS, sop_labels)
-    loss, grads = model.loss_and_grads(*batch)
+
+    def loss_and_grads():
+        rng = None if dropout_seed is None else np.random.default_rng(dropout_seed)
+        return model.loss_and_grads(*batch, rng=rng)
+
+    loss, grads = loss_and_grads()
     assert set(grads) == set(model.params)
     rng = np.random.default_rng(seed)
     failures = []
@@ -110,9 +123,9 @@ def check_model_gradients(report, label: str, model: Albert, sop_labels, seed: i
         for k, i in enumerate(idx):
             old = flat[i]
             flat[i] = old + H_STEP
-            plus = model.loss_and_grads(*batch)[0]
+            plus = loss_and_grads()[0]
             flat[i] = old - H_STEP
-            minus = model.loss_and_grads(*batch)[0]
+            minus = loss_and_grads()[0]
             flat[i] = old
             numerical[k] = (plus - minus) / (2 * H_STEP)
         analytic = a.reshape(-1)[idx]
@@ -127,7 +140,7 @@ def check_model_gradients(report, label: str, model: Albert, sop_labels, seed: i
         if not err <= TOL:
             failures.append(f"{name}: {err:.3e}")
     assert not failures, f"{label}: gradient check failed for " + ", ".join(failures)
-    assert model.loss_and_grads(*batch)[0] == loss        # parameters restored exactly
+    assert loss_and_grads()[0] == loss        # parameters restored exactly
     return grads
 
 
@@ -150,6 +163,19 @@ def test_full_model_gradients(error_report):
     out = model.forward(INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK)
     expected = cross_entropy(out.mlm_logits, MLM_LABELS) + cross_entropy(out.sop_logits, SOP_LABELS)
     assert abs(loss - expected) <= 1e-12 * expected
+
+
+def test_full_model_gradients_with_dropout(error_report):
+    """MLM + SOP loss with hidden and attention-probability dropout (fixed masks), every parameter."""
+    config = tiny_config(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
+    model = Albert(config, randomised_params(config, seed=6))
+    check_model_gradients(error_report, "MLM + SOP, dropout (fixed masks)", model, SOP_LABELS, seed=6,
+                          dropout_seed=7)
+    # the masks matter: another seed gives another loss, and no dropout yet another
+    batch = (INPUT_IDS, TOKEN_TYPE_IDS, ATTENTION_MASK, MLM_LABELS, SOP_LABELS)
+    losses = {model.loss_and_grads(*batch, rng=np.random.default_rng(seed))[0] for seed in (7, 8)}
+    losses.add(model.loss(*batch)[0])
+    assert len(losses) == 3
 
 
 def test_mlm_only_gradients(error_report):

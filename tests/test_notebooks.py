@@ -1,13 +1,16 @@
 """The teaching notebooks run from top to bottom without an error, in well under ten minutes together.
 
 Every notebook in notebooks/ is executed headless with nbclient (kernel "python3"), in memory: the
-committed copies, with their saved outputs, are not touched.  The notebooks study the model named by
+committed copies, with their saved outputs, are not touched.  Every notebook ends with exercises whose
+solutions are scripts in notebooks/solutions/, run here too.  The notebooks study the model named by
 $TINYALBERT_WEIGHTS, else the bundled small model (notebooks/nbsetup.py); when neither exists yet,
 the test builds a stand-in of the bundled model's shape with random weights, so the test never skips.
 """
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,13 +22,26 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted((NOTEBOOK_DIR / "solutions").glob("[0-9][0-9]_*.py"))
 CELL_TIMEOUT = 300            # seconds, for any one cell
 TOTAL_BUDGET = 600            # seconds, for all notebooks together
 durations: dict[str, float] = {}
 
 
 def test_the_notebooks_are_there():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"], NOTEBOOKS
+    numbers = [p.stem[:2] for p in NOTEBOOKS]
+    # 00 to 06, and 07 (the paper in miniature) once it is there
+    assert numbers in ([f"{n:02d}" for n in range(7)], [f"{n:02d}" for n in range(8)]), NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_ends_with_exercises_and_their_solutions_exist(path):
+    nb = nbformat.read(path, as_version=4)
+    exercises = [c.source for c in nb.cells if c.cell_type == "markdown" and "## Exercises" in c.source]
+    assert exercises, f"{path.name} has no '## Exercises' section"
+    solution = NOTEBOOK_DIR / "solutions" / f"{path.stem}.py"
+    assert solution.exists(), f"{path.name}: its solutions belong in {solution.relative_to(ROOT)}"
+    assert str(solution.relative_to(ROOT)) in exercises[-1], f"{path.name}: the exercises should name their solutions"
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +113,17 @@ def test_all_notebooks_together_within_budget(weights):
     assert total < TOTAL_BUDGET, f"the notebooks took {total:.0f} s together ({report}); the budget is {TOTAL_BUDGET} s"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
+def test_solution_runs(path, weights):
+    """Each solution script runs to the end (its asserts are the checks), from notebooks/ as Jupyter would."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, str(path)], cwd=NOTEBOOK_DIR, capture_output=True, text=True,
+                          timeout=CELL_TIMEOUT, env={**os.environ, "TINYALBERT_WEIGHTS": str(weights)})
+    assert done.returncode == 0, f"{path.name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    print(f"{path.name}: {time.perf_counter() - start:.0f} s")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_committed_notebook_is_executed_and_introduced(path):
     nb = nbformat.read(path, as_version=4)
@@ -109,6 +136,10 @@ def test_committed_notebook_is_executed_and_introduced(path):
     assert not errors, f"{path.name} was saved with an error output"
     size = path.stat().st_size
     assert size < 2_000_000, f"{path.name} is {size:,} bytes; keep outputs small"
+    printed = [o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in code for o in c.outputs]
+    machine_paths = [line for text in printed for line in text.splitlines() if str(ROOT) in line]
+    assert not machine_paths, \
+        f"{path.name} prints a path of this machine: {machine_paths[0]!r}; print it relative to the repository"
 
 
 if __name__ == "__main__":

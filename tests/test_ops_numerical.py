@@ -20,6 +20,10 @@ Inputs are small (B=2, T=5, H=8, 2 heads, I=12, E=6, V=11) and non-degenerate: r
 std 0.2-0.4 so activations are O(1), LayerNorm weights 1 + noise, no constant rows (eps = 1e-12),
 padding in the attention mask, repeated token ids.
 
+Dropout is checked with fixed masks: every forward draws them from a new Generator with the same
+seed, so the function being differentiated is the same one each time (a mask is a constant
+factor, not a variable).
+
 Run with `pytest -s` for a per-op summary of the measured errors.
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ from op_inputs import ATTENTION_MASK, EPS, HS, NH, PAD, TOKEN_TYPES, B, E, H, I,
 
 from tinyalbert.nn.activations import gelu_backward, gelu_forward
 from tinyalbert.nn.attention import self_attention_backward, self_attention_forward
+from tinyalbert.nn.dropout import Dropout, dropout_backward, dropout_forward
 from tinyalbert.nn.embeddings import embedding_backward, embedding_forward, embeddings_backward, embeddings_forward
 from tinyalbert.nn.encoder import encoder_backward, encoder_forward
 from tinyalbert.nn.feedforward import feedforward_backward, feedforward_forward
@@ -286,14 +291,41 @@ def layer_params(rng) -> dict[str, np.ndarray]:
     return randomised(layer_shapes(small_config()), rng)
 
 
-def test_self_attention(error_report):
+# Dropout in the block checks: both rates well away from 0 so that the masks matter, and each
+# forward draws the same masks (a new Generator with one seed).
+RATES = {"no dropout": None, "dropout": (0.3, 0.4)}
+
+
+def fixed_dropout(rates: tuple[float, float] | None, seed: int = 21) -> Dropout | None:
+    """(hidden, attention) rates -> a Dropout whose masks are the same on every call; None -> None."""
+    return None if rates is None else Dropout(rates[0], rates[1], np.random.default_rng(seed))
+
+
+def test_dropout(error_report):
+    """y = x * keep / (1 - p) with a fixed mask; dropped elements get exactly zero gradient."""
+    rng = np.random.default_rng(20)
+    tensors = {"x": rng.standard_normal((B, NH, T, T))}
+
+    def forward():
+        return dropout_forward(tensors["x"], 0.4, np.random.default_rng(22))
+
+    analytic, _ = gradcheck(error_report, "dropout (p = 0.4, fixed mask)", forward,
+                            lambda dout, cache: {"x": dropout_backward(dout, cache)}, tensors, rng)
+    keep, scale = forward()[1]
+    assert 0 < keep.sum() < keep.size
+    assert not analytic["x"][~keep].any()
+    assert scale == 1 / 0.6
+
+
+@pytest.mark.parametrize("rates", list(RATES.values()), ids=list(RATES))
+def test_self_attention(error_report, rates):
     rng = np.random.default_rng(8)
     p = {k.removeprefix("attention."): v for k, v in layer_params(rng).items() if k.startswith("attention.")}
     tensors = {"x": rng.standard_normal((B, T, H)), **p}
     mask = key_mask()
 
     def forward():
-        out, _, cache = self_attention_forward(tensors["x"], mask, p, NH, EPS)
+        out, _, cache = self_attention_forward(tensors["x"], mask, p, NH, EPS, fixed_dropout(rates))
         return out, cache
 
     def backward(dout, cache):
@@ -301,8 +333,8 @@ def test_self_attention(error_report):
         dx = self_attention_backward(dout, cache, g)
         return {"x": dx, **g}
 
-    gradcheck(error_report, "multi-head self-attention", forward, backward, tensors, rng,
-              zero_grad={"key.bias": "key.weight"})          # see KEY_BIAS_ZERO
+    gradcheck(error_report, "multi-head self-attention" + (" (dropout)" if rates else ""), forward, backward,
+              tensors, rng, zero_grad={"key.bias": "key.weight"})          # see KEY_BIAS_ZERO
 
 
 def test_feedforward(error_report):
@@ -319,14 +351,15 @@ def test_feedforward(error_report):
               rng)
 
 
-def test_albert_layer(error_report):
+@pytest.mark.parametrize("rates", list(RATES.values()), ids=list(RATES))
+def test_albert_layer(error_report, rates):
     rng = np.random.default_rng(10)
     p = layer_params(rng)
     tensors = {"x": rng.standard_normal((B, T, H)), **p}
     mask = key_mask()
 
     def forward():
-        out, _, cache = albert_layer_forward(tensors["x"], mask, p, NH, EPS)
+        out, _, cache = albert_layer_forward(tensors["x"], mask, p, NH, EPS, dropout=fixed_dropout(rates))
         return out, cache
 
     def backward(dout, cache):
@@ -334,12 +367,14 @@ def test_albert_layer(error_report):
         dx = albert_layer_backward(dout, cache, g)
         return {"x": dx, **g}
 
-    gradcheck(error_report, "ALBERT layer", forward, backward, tensors, rng, zero_grad=KEY_BIAS_ZERO)
+    gradcheck(error_report, "ALBERT layer" + (" (dropout)" if rates else ""), forward, backward, tensors, rng,
+              zero_grad=KEY_BIAS_ZERO)
 
 
+@pytest.mark.parametrize("rates", list(RATES.values()), ids=list(RATES))
 @pytest.mark.parametrize("groups, inner, layers", [(1, 1, 3), (2, 2, 4)],
                          ids=["shared layer x3", "G=2 inner=2 L=4"])
-def test_encoder(error_report, groups, inner, layers):
+def test_encoder(error_report, groups, inner, layers, rates):
     """E->H projection, then the layer applications (one shared layer applied 3 times; or groups).
 
     Inputs: with random weights, repeated post-LN layers can drive all tokens of a sequence towards
@@ -357,7 +392,8 @@ def test_encoder(error_report, groups, inner, layers):
     mask = key_mask()
 
     def forward():
-        hidden_states, _, cache = encoder_forward(tensors["embedded"], mask, params, config)
+        hidden_states, _, cache = encoder_forward(tensors["embedded"], mask, params, config,
+                                                  dropout=fixed_dropout(rates))
         assert len(hidden_states) == layers + 1
         return hidden_states[-1], cache
 
@@ -370,8 +406,8 @@ def test_encoder(error_report, groups, inner, layers):
     for g in range(groups):
         for j in range(inner):
             zero[layer_prefix(g, j) + "attention.key.bias"] = layer_prefix(g, j) + "attention.key.weight"
-    gradcheck(error_report, f"encoder ({groups} group(s), {inner} inner, {layers} applications)", forward,
-              backward, tensors, rng, zero_grad=zero)
+    gradcheck(error_report, f"encoder ({groups} group(s), {inner} inner, {layers} applications)"
+              + (" (dropout)" if rates else ""), forward, backward, tensors, rng, zero_grad=zero)
 
 
 # ---- heads and losses ---------------------------------------------------------------------------------------

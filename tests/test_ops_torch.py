@@ -17,6 +17,11 @@ ops land at 1e-7..4e-7, the 3-application encoder at ~5e-7, and the 4-applicatio
 encoder at ~1e-5 on its last layer's key weight, whose gradient (~0.06) is an order of magnitude
 smaller than the O(1) terms it is accumulated from (the error is normwise, per tensor).
 
+Dropout: the engine draws its masks from a Generator in a fixed order (nn/dropout.py); the torch
+side redraws them with the same seed in that order (`ReplayedMasks`) and multiplies by
+keep / (1 - p) at the reference's places.  So the masks are the same, and this checks both the
+dropout's arithmetic and its places, up to the whole pretraining loss (`test_whole_model`).
+
 Run with `pytest -s` for a per-op summary.
 """
 from __future__ import annotations
@@ -33,6 +38,7 @@ from op_inputs import small_config as config  # noqa: E402
 from tinyalbert.nn.activations import gelu_backward, gelu_forward
 from tinyalbert.nn.attention import self_attention_backward, self_attention_forward
 from tinyalbert.nn.config import AlbertConfig
+from tinyalbert.nn.dropout import Dropout, draw_keep_mask, dropout_backward, dropout_forward
 from tinyalbert.nn.embeddings import embedding_backward, embedding_forward, embeddings_backward, embeddings_forward
 from tinyalbert.nn.encoder import encoder_backward, encoder_forward
 from tinyalbert.nn.feedforward import feedforward_backward, feedforward_forward
@@ -49,7 +55,8 @@ from tinyalbert.nn.layer import albert_layer_backward, albert_layer_forward
 from tinyalbert.nn.layernorm import layernorm_backward, layernorm_forward
 from tinyalbert.nn.linear import linear_backward, linear_forward
 from tinyalbert.nn.losses import cross_entropy_backward, cross_entropy_forward
-from tinyalbert.nn.params import MAPPING, layer_prefix, layer_shapes, param_shapes, sub
+from tinyalbert.nn.model import Albert
+from tinyalbert.nn.params import EMB, MAPPING, MLM, POOLER, SOP, layer_prefix, layer_shapes, param_shapes, sub
 from tinyalbert.nn.softmax import additive_key_mask, masked_softmax_backward, masked_softmax_forward
 
 pytestmark = pytest.mark.usefixtures("one_numba_thread")
@@ -70,7 +77,30 @@ def t_gelu(x):
     return F.gelu(x, approximate="tanh")
 
 
-def t_attention(x, mask, p, num_heads):
+class ReplayedMasks:
+    """The engine's dropout masks as torch factors keep / (1 - p), redrawn in the engine's order from a
+    Generator with the same seed (rates as in nn/dropout.Dropout: hidden, attention)."""
+
+    def __init__(self, hidden: float, attention: float, seed: int):
+        self.hidden, self.attention = hidden, attention
+        self.rng = np.random.default_rng(seed)
+
+    def drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        if p == 0:
+            return x
+        keep = draw_keep_mask(self.rng, tuple(x.shape), p)
+        return x * (torch.tensor(keep, dtype=torch.float64) / (1 - p))
+
+
+def engine_dropout(rates: tuple[float, float] | None, seed: int) -> Dropout | None:
+    return None if rates is None else Dropout(*rates, np.random.default_rng(seed))
+
+
+def torch_masks(rates: tuple[float, float] | None, seed: int) -> ReplayedMasks | None:
+    return None if rates is None else ReplayedMasks(*rates, seed)
+
+
+def t_attention(x, mask, p, num_heads, masks: ReplayedMasks | None = None):
     b, t, h = x.shape
     hs = h // num_heads
 
@@ -81,9 +111,14 @@ def t_attention(x, mask, p, num_heads):
     k = heads(F.linear(x, p["key.weight"], p["key.bias"]))
     v = heads(F.linear(x, p["value.weight"], p["value.bias"]))
     scores = q @ k.transpose(-1, -2) / math.sqrt(hs) + mask[:, None, None, :]
-    ctx = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, t, h)
-    return F.layer_norm(x + F.linear(ctx, p["dense.weight"], p["dense.bias"]), (h,), p["LayerNorm.weight"],
-                        p["LayerNorm.bias"], EPS)
+    probs = torch.softmax(scores, dim=-1)
+    if masks is not None:
+        probs = masks.drop(probs, masks.attention)
+    ctx = (probs @ v).transpose(1, 2).reshape(b, t, h)
+    projected = F.linear(ctx, p["dense.weight"], p["dense.bias"])
+    if masks is not None:
+        projected = masks.drop(projected, masks.hidden)
+    return F.layer_norm(x + projected, (h,), p["LayerNorm.weight"], p["LayerNorm.bias"], EPS)
 
 
 def t_ffn(x, p):
@@ -91,17 +126,20 @@ def t_ffn(x, p):
                     p["ffn_output.bias"])
 
 
-def t_layer(x, mask, p, num_heads):
-    a = t_attention(x, mask, sub(p, "attention."), num_heads)
-    return F.layer_norm(a + t_ffn(a, p), (x.shape[-1],), p["full_layer_layer_norm.weight"],
+def t_layer(x, mask, p, num_heads, masks: ReplayedMasks | None = None):
+    a = t_attention(x, mask, sub(p, "attention."), num_heads, masks)
+    f = t_ffn(a, p)
+    if masks is not None:
+        f = masks.drop(f, masks.hidden)
+    return F.layer_norm(a + f, (x.shape[-1],), p["full_layer_layer_norm.weight"],
                         p["full_layer_layer_norm.bias"], EPS)
 
 
-def t_encoder(e, mask, p, c: AlbertConfig):
+def t_encoder(e, mask, p, c: AlbertConfig, masks: ReplayedMasks | None = None):
     h = F.linear(e, p[MAPPING + "weight"], p[MAPPING + "bias"])
     for i in range(c.num_hidden_layers):
         for j in range(c.inner_group_num):
-            h = t_layer(h, mask, sub(p, layer_prefix(c.group_of_application(i), j)), c.num_attention_heads)
+            h = t_layer(h, mask, sub(p, layer_prefix(c.group_of_application(i), j)), c.num_attention_heads, masks)
     return h
 
 
@@ -289,19 +327,39 @@ def layer_params(rng, dtype):
     return {k: v.astype(dtype) for k, v in randomised(layer_shapes(config()), rng).items()}
 
 
-def case_attention(dtype):
-    rng = np.random.default_rng(8)
-    p = {k.removeprefix("attention."): v for k, v in layer_params(rng, dtype).items() if k.startswith("attention.")}
-    a = {"x": rng.standard_normal((B, T, H)).astype(dtype), **p}
+# (hidden, attention) dropout rates of the "(dropout)" cases: well away from 0, so the masks matter
+RATES = (0.3, 0.4)
+MASK_SEED = 23
+
+
+def case_dropout(dtype):
+    x = np.random.default_rng(24).standard_normal((B, NH, T, T)).astype(dtype)
 
     def engine(a, dout):
-        params = {k: v for k, v in a.items() if k != "x"}
-        out, _, cache = self_attention_forward(a["x"], additive_key_mask(ATTENTION_MASK, dtype), params, NH, EPS)
-        g = {k: np.zeros_like(v) for k, v in params.items()}
-        dx = self_attention_backward(dout, cache, g)
-        return out, {"x": dx, **g}
+        out, cache = dropout_forward(a["x"], 0.4, np.random.default_rng(MASK_SEED))
+        return out, {"x": dropout_backward(dout, cache)}
 
-    return a, engine, lambda t: t_attention(t["x"], t_key_mask(ATTENTION_MASK), t, NH)
+    return {"x": x}, engine, lambda t: ReplayedMasks(0.4, 0.4, MASK_SEED).drop(t["x"], 0.4)
+
+
+def case_attention(rates=None):
+    def case(dtype):
+        rng = np.random.default_rng(8)
+        p = {k.removeprefix("attention."): v for k, v in layer_params(rng, dtype).items()
+             if k.startswith("attention.")}
+        a = {"x": rng.standard_normal((B, T, H)).astype(dtype), **p}
+
+        def engine(a, dout):
+            params = {k: v for k, v in a.items() if k != "x"}
+            out, _, cache = self_attention_forward(a["x"], additive_key_mask(ATTENTION_MASK, dtype), params, NH, EPS,
+                                                   engine_dropout(rates, MASK_SEED))
+            g = {k: np.zeros_like(v) for k, v in params.items()}
+            dx = self_attention_backward(dout, cache, g)
+            return out, {"x": dx, **g}
+
+        return a, engine, lambda t: t_attention(t["x"], t_key_mask(ATTENTION_MASK), t, NH,
+                                                torch_masks(rates, MASK_SEED))
+    return case
 
 
 def case_ffn(dtype):
@@ -319,21 +377,24 @@ def case_ffn(dtype):
     return a, engine, lambda t: t_ffn(t["x"], t)
 
 
-def case_layer(dtype):
-    rng = np.random.default_rng(10)
-    a = {"x": rng.standard_normal((B, T, H)).astype(dtype), **layer_params(rng, dtype)}
+def case_layer(rates=None):
+    def case(dtype):
+        rng = np.random.default_rng(10)
+        a = {"x": rng.standard_normal((B, T, H)).astype(dtype), **layer_params(rng, dtype)}
 
-    def engine(a, dout):
-        params = {k: v for k, v in a.items() if k != "x"}
-        out, _, cache = albert_layer_forward(a["x"], additive_key_mask(ATTENTION_MASK, dtype), params, NH, EPS)
-        g = {k: np.zeros_like(v) for k, v in params.items()}
-        dx = albert_layer_backward(dout, cache, g)
-        return out, {"x": dx, **g}
+        def engine(a, dout):
+            params = {k: v for k, v in a.items() if k != "x"}
+            out, _, cache = albert_layer_forward(a["x"], additive_key_mask(ATTENTION_MASK, dtype), params, NH, EPS,
+                                                 dropout=engine_dropout(rates, MASK_SEED))
+            g = {k: np.zeros_like(v) for k, v in params.items()}
+            dx = albert_layer_backward(dout, cache, g)
+            return out, {"x": dx, **g}
 
-    return a, engine, lambda t: t_layer(t["x"], t_key_mask(ATTENTION_MASK), t, NH)
+        return a, engine, lambda t: t_layer(t["x"], t_key_mask(ATTENTION_MASK), t, NH, torch_masks(rates, MASK_SEED))
+    return case
 
 
-def case_encoder(c: AlbertConfig):
+def case_encoder(c: AlbertConfig, rates=None):
     def case(dtype):
         rng = np.random.default_rng(13)
         p = {k: v.astype(dtype) for k, v in randomised(param_shapes(c), rng).items()
@@ -343,12 +404,13 @@ def case_encoder(c: AlbertConfig):
         def engine(a, dout):
             params = {k: v for k, v in a.items() if k != "embedded"}
             hidden_states, _, cache = encoder_forward(a["embedded"], additive_key_mask(ATTENTION_MASK, dtype),
-                                                      params, c)
+                                                      params, c, dropout=engine_dropout(rates, MASK_SEED))
             g = {k: np.zeros_like(v) for k, v in params.items()}
             d_embedded = encoder_backward(dout, cache, g)
             return hidden_states[-1], {"embedded": d_embedded, **g}
 
-        return a, engine, lambda t: t_encoder(t["embedded"], t_key_mask(ATTENTION_MASK), t, c)
+        return a, engine, lambda t: t_encoder(t["embedded"], t_key_mask(ATTENTION_MASK), t, c,
+                                              torch_masks(rates, MASK_SEED))
     return case
 
 
@@ -437,10 +499,14 @@ CASES = {
     "gelu_new + bias": (case_gelu(True), None),
     "gelu (erf form) + bias": (case_gelu(True, "gelu"), None),
     "masked softmax (padded keys)": (case_softmax, None),
-    "multi-head self-attention": (case_attention, KEY_BIAS),
+    "dropout (p = 0.4)": (case_dropout, None),
+    "multi-head self-attention": (case_attention(), KEY_BIAS),
+    "multi-head self-attention (dropout)": (case_attention(RATES), KEY_BIAS),
     "feed-forward block": (case_ffn, None),
-    "ALBERT layer": (case_layer, LAYER_KEY_BIAS),
+    "ALBERT layer": (case_layer(), LAYER_KEY_BIAS),
+    "ALBERT layer (dropout)": (case_layer(RATES), LAYER_KEY_BIAS),
     "encoder (shared layer x3)": (case_encoder(SHARED), encoder_key_bias(SHARED)),
+    "encoder (shared layer x3, dropout)": (case_encoder(SHARED, RATES), encoder_key_bias(SHARED)),
     "encoder (G=2, inner=2, L=4)": (case_encoder(GROUPED), encoder_key_bias(GROUPED)),
     "pooler": (case_pooler, None),
     "SOP head": (case_sop_head, None),
@@ -461,3 +527,62 @@ def test_op_float32_path(error_report, op):
     """float32 in -> float32 out and float32 gradients, close to float64 torch on the same values."""
     case, zero_grad = CASES[op]
     compare(error_report, op, case, np.float32, np.random.default_rng(100), zero_grad)
+
+
+# ---- the whole pretraining loss -----------------------------------------------------------------------------
+
+MLM_LABELS = np.array([[3, -100, 7, -100, -100],
+                       [-100, 5, -100, 10, 0]])
+
+
+def t_pretraining_loss(t, c: AlbertConfig, sop_labels, masks: ReplayedMasks | None) -> torch.Tensor:
+    """The reference's AlbertForPreTraining loss from torch primitives, dropout at its places with `masks`."""
+    x = (F.embedding(torch.tensor(IDS), t[EMB + "word_embeddings.weight"], padding_idx=c.pad_token_id)
+         + F.embedding(torch.tensor(TOKEN_TYPES), t[EMB + "token_type_embeddings.weight"])
+         + F.embedding(torch.arange(T), t[EMB + "position_embeddings.weight"]))
+    e = F.layer_norm(x, (E,), t[EMB + "LayerNorm.weight"], t[EMB + "LayerNorm.bias"], EPS)
+    if masks is not None:
+        e = masks.drop(e, masks.hidden)
+    h = t_encoder(e, t_key_mask(ATTENTION_MASK), t, c, masks)
+    mlm = t_mlm_head(h, sub(t, MLM), t[EMB + "word_embeddings.weight"])
+    sop = F.linear(torch.tanh(F.linear(h[:, 0], t[POOLER + "weight"], t[POOLER + "bias"])), t[SOP + "weight"],
+                   t[SOP + "bias"])
+    return (F.cross_entropy(mlm.reshape(-1, c.vocab_size), torch.tensor(MLM_LABELS).reshape(-1), ignore_index=-100)
+            + F.cross_entropy(sop, torch.tensor(sop_labels), ignore_index=-100))
+
+
+WHOLE_MODEL = {"dropout": (RATES, [1, 0]), "no dropout, one SOP label -100": ((0.0, 0.0), [-100, 1])}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", list(WHOLE_MODEL))
+def test_whole_model(error_report, case, dtype):
+    """Albert.loss_and_grads (MLM + SOP) against autograd of the same loss built from torch primitives:
+    the loss and every parameter's gradient, with the same dropout masks at the same places."""
+    (hidden, attention), sop_labels = WHOLE_MODEL[case]
+    c = config(hidden_dropout_prob=hidden, attention_probs_dropout_prob=attention)
+    params = {k: v.astype(dtype) for k, v in randomised(param_shapes(c), np.random.default_rng(25)).items()}
+    loss, grads = Albert(c, params).loss_and_grads(IDS, TOKEN_TYPES, ATTENTION_MASK, MLM_LABELS, sop_labels,
+                                                   rng=np.random.default_rng(MASK_SEED))
+    tensors = {k: torch.tensor(v.astype(np.float64), requires_grad=True) for k, v in params.items()}
+    t_loss = t_pretraining_loss(tensors, c, sop_labels, ReplayedMasks(hidden, attention, MASK_SEED))
+    t_loss.backward()
+
+    tol = TOL64 if dtype == np.float64 else TOL32
+    tier = "tier2 (torch, float64)" if dtype == np.float64 else "tier2 float32 (vs torch float64)"
+    op = f"whole pretraining loss ({case})"
+    errors = {"loss": abs(loss - t_loss.item()) / abs(t_loss.item())}
+    key_bias = encoder_key_bias(c)
+    for name, g in grads.items():
+        assert g.dtype == dtype, name
+        ref = tensors[name].grad.numpy()
+        if name in key_bias:            # exact value 0: both sides below tol on the key weight's scale
+            scale = np.abs(tensors[key_bias[name]].grad.numpy()).max()
+            errors[name + " [exact 0: max|.|/scale]"] = max(np.abs(g).max(), np.abs(ref).max()) / scale
+        else:
+            assert np.abs(ref).max() > 0, name
+            errors[name] = rel_error(g, ref)
+    for name, err in errors.items():
+        error_report.add(tier, op, name, err)
+    failures = [f"{name}: {err:.3e}" for name, err in errors.items() if not err <= tol]
+    assert not failures, f"{op} ({np.dtype(dtype).name}): " + ", ".join(failures)

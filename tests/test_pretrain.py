@@ -11,6 +11,7 @@ import pytest
 from tinyalbert import pretrain
 from tinyalbert.nn.params import sinusoidal_positions
 from tinyalbert.tokenizer import ALBERT_VOCAB
+from tinyalbert.vocab import train_vocab
 from tinyalbert.weights import load
 
 SENTENCES = [
@@ -86,8 +87,97 @@ def test_outputs_of_a_finished_run(tmp_path, corpus):
 
 def test_resume_refuses_changed_arguments(tmp_path, corpus, capsys):
     assert run(tmp_path / "r", corpus, tmp_path / "cache", "--stop-after", "2") == 0
-    assert run(tmp_path / "r", corpus, tmp_path / "cache", "--resume", "--lr", "5e-3") == 2
-    assert "--lr" in capsys.readouterr().err
+    log = (tmp_path / "r" / "log.jsonl").read_text()
+    capsys.readouterr()
+    assert run(tmp_path / "r", corpus, tmp_path / "cache", "--resume", "--lr", "5e-3", "--heldout-fraction", "0.3",
+               "--dtype", "float64") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --resume"), err   # one line naming every difference
+    for difference in ("--lr is 0.005 but the checkpoint was made with 0.01",
+                       "--heldout-fraction is 0.3 but the checkpoint was made with 0.2",
+                       "--dtype is 'float64' but the checkpoint was made with 'float32'"):
+        assert difference in err
+    assert (tmp_path / "r" / "log.jsonl").read_text() == log     # a refused resume changes nothing
+
+
+def test_every_argument_is_compared_on_resume_unless_listed():
+    """An option added later is compared by default: changing any argument outside MAY_CHANGE_ON_RESUME
+    is named by the resume check."""
+    parser = pretrain.build_parser()
+    args = parser.parse_args(["--out", "o", "--vocab", "v.model", "--data", "d"])
+    saved = {k: v for k, v in vars(args).items() if k != "resume"}
+    fingerprints = {"vocab": "sha256 0", "data": ["d:1:0"]}
+    assert pretrain.resume_mismatches(args, fingerprints, saved, fingerprints) == []
+    for key, value in vars(args).items():
+        changed = dict(saved, **{key: ["other"] if isinstance(value, list) else f"other {value}"})
+        named = pretrain.resume_mismatches(args, fingerprints, changed, fingerprints)
+        if key in pretrain.MAY_CHANGE_ON_RESUME or key in fingerprints:
+            assert named == [], key
+        else:
+            assert len(named) == 1 and named[0].startswith(f"--{key.replace('_', '-')} "), (key, named)
+    # --vocab and --data are compared by content: a moved file is fine, a changed one is not
+    moved = dict(saved, vocab="elsewhere/v.model", data=["elsewhere/d"])
+    assert pretrain.resume_mismatches(args, fingerprints, moved, fingerprints) == []
+    for key, other in (("vocab", "sha256 1"), ("data", ["d:1:1"])):
+        named = pretrain.resume_mismatches(args, fingerprints, saved, {**fingerprints, key: other})
+        assert len(named) == 1 and named[0].startswith(f"--{key} ") and str(other) in named[0]
+
+
+def test_resume_compares_the_vocabulary_and_the_data_by_content(tmp_path, corpus, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "stories.txt").write_bytes((corpus / "stories.txt").read_bytes())
+    vocab = tmp_path / "spiece.model"
+    vocab.write_bytes(ALBERT_VOCAB.read_bytes())
+    out, cache = tmp_path / "r", tmp_path / "cache"
+    assert run(out, data, cache, "--stop-after", "2", "--vocab", str(vocab)) == 0
+    # the same content under other paths: resumes (and the options that may change, may).  The folder keeps
+    # its name: a source is named after it, and the name seeds the choice of held-out documents
+    moved = tmp_path / "elsewhere" / "data"
+    moved.parent.mkdir()
+    data.rename(moved)
+    copy = tmp_path / "copy.model"
+    copy.write_bytes(vocab.read_bytes())
+    assert run(out, moved, cache, "--stop-after", "3", "--vocab", str(copy), "--resume", "--log-every", "2",
+               "--cache-dir", str(tmp_path / "cache2"), "--checkpoint-every", "7") == 0
+    # the same paths with other content: refused, naming both
+    (moved / "stories.txt").write_text("A new first line.\n" + (moved / "stories.txt").read_text())
+    train_vocab([moved], copy, vocab_size=60, progress=False)
+    capsys.readouterr()
+    assert run(out, moved, cache, "--vocab", str(copy), "--resume") == 2
+    err = capsys.readouterr().err
+    assert "--vocab" in err and "--data" in err, err
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path, corpus, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"step": 1, "loss": 10.0}\n')
+    assert run(out, corpus, tmp_path / "cache", "--resume") == 2
+    err = capsys.readouterr().err
+    assert str(out / "checkpoint.h5") in err and "--resume" in err
+    assert (out / "log.jsonl").read_text() == '{"step": 1, "loss": 10.0}\n'    # the log is kept
+
+
+def test_resume_drops_a_torn_last_log_line(tmp_path, corpus, capsys):
+    cache = tmp_path / "cache"
+    assert run(tmp_path / "straight", corpus, cache) == 0
+    out = tmp_path / "torn"
+    assert run(out, corpus, cache, "--stop-after", "4") == 0
+    with open(out / "log.jsonl", "a", encoding="utf-8") as log:      # a crash in the middle of a record
+        log.write('{"step": 5, "lr": 0.00')
+    assert run(out, corpus, cache, "--resume") == 0
+    assert "cut short" in capsys.readouterr().err
+    drop = ("tokens_per_s",)
+    logs = [[{k: v for k, v in json.loads(x).items() if k not in drop}
+             for x in (folder / "log.jsonl").read_text().splitlines()] for folder in (tmp_path / "straight", out)]
+    assert logs[0] == logs[1]
+    # a broken line that is not the last is not a crash's doing: refused
+    broken = len(logs[1]) + 1
+    with open(out / "log.jsonl", "a", encoding="utf-8") as log:
+        log.write("not json\n" + '{"step": 6}\n')
+    with pytest.raises(ValueError, match=f"line {broken} is not a JSON record"):
+        pretrain.trim_log(out / "log.jsonl", 6)
 
 
 def frozen_run(out: Path, corpus: Path, cache: Path, *extra: str):

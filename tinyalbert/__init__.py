@@ -12,20 +12,15 @@ The public names, all reachable as `tinyalbert.<name>`:
     Tokenizer                     SentencePiece + ALBERT's clean-up                      (tinyalbert.tokenizer)
     convert                       a Hugging Face checkpoint -> a weights file            (tinyalbert.convert)
     export                        a weights or classifier file -> a transformers folder  (tinyalbert.export)
+    tune_process                  the process-wide settings for speed, applied only when called (tinyalbert.tuning)
     AlbertConfig, PRESETS, init_params, param_shapes, count_params, Albert, ForwardOutput   (tinyalbert.nn)
 
 Each is imported on first use (PEP 562), so `import tinyalbert` stays cheap: Numba, h5py and
-SentencePiece load only when a name that needs them is touched.
+SentencePiece load only when a name that needs them is touched.  Importing changes nothing in the process
+(no environment variable, no malloc setting): `tune_process()` does that, when called.
 """
-import os as _os
 from importlib import import_module as _import_module
 from importlib.util import find_spec as _find_spec
-
-# Numba's OpenMP worker threads must sleep, not spin, once a kernel ends: on 2 cores a
-# spinning worker takes a core from the BLAS threads that run next (measured: a small
-# model's training step went from 2.4 s to 42 s).  libgomp reads this when it loads,
-# which is at the first parallel kernel, so it has to be set before that.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
@@ -40,6 +35,7 @@ _LAZY_NAMES = {
     "fill_mask": "predict", "fill_mask_batch": "predict", "sentence_order": "predict", "logit_lens": "predict",
     "bundled_model_path": "predict",
     "convert": "convert", "export": "export",
+    "tune_process": "tuning",
 }
 
 __all__ = [*_LAZY_NAMES, "__version__"]

@@ -7,7 +7,10 @@ embeddings and encoder as pretraining (model.py):
     pooled = tanh(h_L[:, 0] Wp^T + bp)               (B, H)      albert.pooler.*  (reused from pretraining)
     kept   = pooled * keep / (1 - p)                 (B, H)      dropout, training only; keep ~ Bernoulli(1 - p)
     logits = kept Wc^T + bc                          (B, K)      classifier.weight (K, H), classifier.bias (K,)
-    loss   = mean over the batch of CE(logits, labels)
+    loss   = mean over the batch of CE(logits, labels)  (labels -100 are ignored)
+
+In training the body also applies the config's hidden and attention-probability dropout
+(nn/dropout.py), as in pretraining.
 
 Backward (each line reverses one line above):
 
@@ -33,12 +36,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .files import atomic_output
-from .memory import keep_freed_memory
 from .nn.body import albert_body_backward, albert_body_forward, prepare_inputs
 from .nn.config import AlbertConfig
+from .nn.dropout import Dropout, check_rate, dropout_backward, dropout_forward
 from .nn.heads import pooler_backward, pooler_forward
 from .nn.linear import linear_backward, linear_forward
-from .nn.losses import cross_entropy_backward, cross_entropy_forward
+from .nn.losses import IGNORE_INDEX, check_labels, cross_entropy_backward, cross_entropy_forward
 from .nn.params import MLM, POOLER, SOP, Params, check_shapes, common_dtype, param_shapes, zero_grads
 
 CLASSIFIER = "classifier."
@@ -54,20 +57,17 @@ def classification_head_forward(hidden: np.ndarray, pooler_weight: np.ndarray, p
                                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, tuple]:
     """hidden: (B, T, H)  ->  logits (B, K) = dropout(tanh(hidden[:, 0] Wp^T + bp)) Wc^T + bc.
 
-    dropout: probability of zeroing each pooled feature (inverted dropout: the kept ones are scaled
-    by 1 / (1 - dropout), so nothing changes at inference, where dropout is 0).  rng draws the mask.
+    dropout: probability of zeroing each pooled feature (inverted dropout, nn/dropout.py: the kept ones
+    are scaled by 1 / (1 - dropout), so nothing changes at inference, where dropout is 0).  rng draws
+    the mask (None: a fresh Generator).
     """
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    check_rate(dropout)
     pooled, pool_cache = pooler_forward(hidden, pooler_weight, pooler_bias)
-    scale = None
-    if dropout > 0.0:
-        rng = np.random.default_rng() if rng is None else rng
-        keep = rng.random(pooled.shape) >= dropout
-        scale = keep.astype(pooled.dtype) * pooled.dtype.type(1.0 / (1.0 - dropout))   # (B, H): 0 or 1/(1-p)
-        pooled = pooled * scale
+    if dropout > 0.0 and rng is None:
+        rng = np.random.default_rng()
+    pooled, dropout_cache = dropout_forward(pooled, dropout, rng)
     logits, lin_cache = linear_forward(pooled, weight, bias)
-    return logits, (pool_cache, scale, lin_cache)
+    return logits, (pool_cache, dropout_cache, lin_cache)
 
 
 def classification_head_backward(dlogits: np.ndarray, cache: tuple, dpooler_weight: np.ndarray,
@@ -76,10 +76,8 @@ def classification_head_backward(dlogits: np.ndarray, cache: tuple, dpooler_weig
 
     Accumulates (+=) into the pooler's and the classifier's gradient arrays.
     """
-    pool_cache, scale, lin_cache = cache
-    dpooled = linear_backward(dlogits, lin_cache, dweight, dbias)
-    if scale is not None:
-        dpooled = dpooled * scale
+    pool_cache, dropout_cache, lin_cache = cache
+    dpooled = dropout_backward(linear_backward(dlogits, lin_cache, dweight, dbias), dropout_cache)
     return pooler_backward(dpooled, pool_cache, dpooler_weight, dpooler_bias)
 
 
@@ -177,15 +175,6 @@ class AlbertClassifier:
                 params[name] = (rng.standard_normal(shape) * config.initializer_range).astype(dtype)
         return cls(config, params, labels=names, tokenizer=model.tokenizer)
 
-    # ---- labels -------------------------------------------------------------------------------------
-    def _label_ids(self, labels, batch: int) -> np.ndarray:
-        y = np.asarray(labels).reshape(-1)
-        if y.size != batch or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"labels must be {batch} integers, got {y.dtype} {y.shape}")
-        if ((y < 0) | (y >= self.num_labels)).any():
-            raise ValueError(f"labels must be in [0, {self.num_labels})")
-        return y.astype(np.int64, copy=False)
-
     # ---- forward --------------------------------------------------------------------------------------
     def forward(self, input_ids, token_type_ids=None, attention_mask=None) -> np.ndarray:
         """input_ids (B, T) -> logits (B, K).  Inference: no dropout, no caches kept."""
@@ -201,17 +190,20 @@ class AlbertClassifier:
                        rng: np.random.Generator | None = None) -> tuple[float, Params]:
         """Mean cross-entropy over the batch and its gradient for every parameter (a fresh dict).
 
-        labels: (B,) ints in [0, K).  dropout: the classifier dropout for this step (the reference
-        trains with config.classifier_dropout_prob = 0.1); rng draws its mask.
-        After the call, `last_stats` holds loss, correct and count.
+        labels: (B,) integers, a class in [0, K) or -100 (ignored, as by the reference's CrossEntropyLoss);
+        checked before any work.  dropout: the classifier dropout for this step (the reference trains with
+        config.classifier_dropout_prob = 0.1).  The body also drops out as the config's hidden_dropout_prob
+        and attention_probs_dropout_prob say (nn/dropout.py).  rng draws every mask, the body's first.
+        After the call, `last_stats` holds loss, correct and count (of the labelled examples).
         """
-        keep_freed_memory()
         ids, tt, mask = prepare_inputs(self.config, input_ids, token_type_ids, attention_mask)
-        y = self._label_ids(labels, ids.shape[0])
+        y = check_labels(labels, "labels", ids.shape[:1], self.num_labels)
+        check_rate(dropout)
         p = self.params
         grads = zero_grads(p)
 
-        hidden_states, _, body_cache = albert_body_forward(ids, tt, mask, p, self.config)
+        hidden_states, _, body_cache = albert_body_forward(ids, tt, mask, p, self.config,
+                                                           dropout=Dropout.for_training(self.config, rng))
         logits, head_cache = classification_head_forward(hidden_states[-1], p[POOLER + "weight"], p[POOLER + "bias"],
                                                          p[CLASSIFIER + "weight"], p[CLASSIFIER + "bias"],
                                                          dropout=dropout, rng=rng)
@@ -222,7 +214,8 @@ class AlbertClassifier:
                                              grads[CLASSIFIER + "bias"])
         albert_body_backward(dlast, body_cache, grads)
 
-        self.last_stats = {"loss": float(loss), "correct": int((logits.argmax(-1) == y).sum()), "count": int(y.size)}
+        self.last_stats = {"loss": float(loss), "correct": int((logits.argmax(-1) == y).sum()),   # -100 never matches
+                           "count": int((y != IGNORE_INDEX).sum())}
         return float(loss), grads
 
     # ---- text in, labels out --------------------------------------------------------------------------

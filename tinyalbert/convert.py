@@ -43,11 +43,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import struct
 import sys
 import types
+from typing import Any
 
 import numpy as np
 
@@ -131,27 +133,26 @@ def read_safetensors(path: str) -> dict[str, SourceTensor]:
             raise ConvertError(f"{path} is not a safetensors file (header length {header_len} is impossible)")
         try:
             header = json.loads(f.read(header_len).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep, a 5000-digit number
             raise ConvertError(f"{path} is not a safetensors file (bad JSON header: {e})") from None
     if not isinstance(header, dict):
         raise ConvertError(f"{path} is not a safetensors file (header is not a JSON object)")
+    if not isinstance(header.get("__metadata__", {}), dict):
+        raise ConvertError(f"{path}: the header's __metadata__ is not a JSON object")
     data_start = 8 + header_len
     whole = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
     tensors: dict[str, SourceTensor] = {}
+    byte_ranges = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            code, shape, (begin, end) = info["dtype"], tuple(int(n) for n in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ConvertError(f"{path}: malformed header entry for tensor {name}") from None
-        if code not in _ST_DTYPES:
-            raise ConvertError(f"{path}: tensor {name} has dtype {code}; supported: {', '.join(_ST_DTYPES)}")
+        code, shape, begin, end = _safetensors_entry(path, name, info)
         raw_dtype = _ST_DTYPES[code]
-        count = int(np.prod(shape, dtype=np.int64))
-        if end - begin != count * raw_dtype.itemsize or begin < 0 or data_start + end > size:
-            raise ConvertError(f"{path}: tensor {name} has a bad byte range {begin}..{end} "
+        count = math.prod(shape)
+        if end - begin != count * raw_dtype.itemsize or data_start + end > size:
+            raise ConvertError(f"{path}: tensor {name} has a bad byte range {begin}..{end} for {code} {list(shape)} "
                                "(file truncated or corrupt)")
+        byte_ranges.append((begin, end, name))
 
         def read(begin=begin, count=count, raw_dtype=raw_dtype, shape=shape, code=code):
             lo = data_start + begin
@@ -163,7 +164,38 @@ def read_safetensors(path: str) -> dict[str, SourceTensor]:
 
         decoded = np.float32 if code == "BF16" else raw_dtype.newbyteorder("=")
         tensors[name] = SourceTensor(name, shape, decoded, read, code)
+    # The format's rule: the tensors' byte ranges tile the data exactly, no overlap and no hole; a
+    # damaged offset that still lies inside the file would otherwise read another tensor's bytes.
+    position = 0
+    for begin, end, name in sorted(byte_ranges):
+        if begin != position:
+            problem = "overlaps the tensor before it" if begin < position else f"leaves a hole at byte {position}"
+            raise ConvertError(f"{path}: tensor {name}'s byte range {begin}..{end} {problem} (file corrupt)")
+        position = end
+    if position != size - data_start:
+        raise ConvertError(f"{path}: the tensors cover {position} bytes of the {size - data_start} after the "
+                           "header (file corrupt)")
     return tensors
+
+
+def _safetensors_entry(path: str, name: str, info: Any) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype code, shape, begin, end) of one header entry, after checking every field's type."""
+
+    def is_count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise ConvertError(f"{path}: malformed header entry for tensor {name} (needs dtype, shape and data_offsets)")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str) or code not in _ST_DTYPES:
+        raise ConvertError(f"{path}: tensor {name} has dtype {code!r}; supported: {', '.join(_ST_DTYPES)}")
+    if not isinstance(shape, list) or not all(is_count(n) for n in shape):
+        raise ConvertError(f"{path}: tensor {name} has shape {shape!r}, not a list of sizes")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_count(n) for n in offsets) \
+            or offsets[0] > offsets[1]:
+        raise ConvertError(f"{path}: tensor {name} has data_offsets {offsets!r}, not [begin, end] with "
+                           "0 <= begin <= end")
+    return code, tuple(shape), offsets[0], offsets[1]
 
 
 def read_torch_bin(path: str) -> dict[str, SourceTensor]:
@@ -187,8 +219,13 @@ def read_torch_bin(path: str) -> dict[str, SourceTensor]:
         raise ConvertError(f"{path} does not hold a state dict (found {type(state).__name__})")
     tensors: dict[str, SourceTensor] = {}
     for name, t in state.items():
+        if not isinstance(name, str):
+            raise ConvertError(f"{path}: the state dict has a key {name!r} ({type(name).__name__}), not a tensor name")
         if not isinstance(t, torch.Tensor):
             raise ConvertError(f"{path}: entry {name} is a {type(t).__name__}, not a tensor")
+        if t.layout != torch.strided or t.is_meta or t.is_quantized:
+            kind = "meta" if t.is_meta else "quantized" if t.is_quantized else str(t.layout).removeprefix("torch.")
+            raise ConvertError(f"{path}: tensor {name} is a {kind} tensor; tinyalbert.convert reads dense ones")
         if not t.is_floating_point():
             # integer buffers such as position_ids: keep their names so they are recognised and ignored
             tensors[name] = SourceTensor(name, tuple(t.shape), np.int64, lambda t=t: t.numpy(), str(t.dtype))

@@ -273,6 +273,8 @@ def probe(spec: dict) -> None:
 
     from .nn.linear import linear_forward
 
+    tinyalbert.tune_process(training=spec["train"])     # as the programs whose memory this predicts run
+
     dtype = np.dtype(spec["dtype"]).type
     rows, k, n = spec["shape"]
     rng = np.random.default_rng(0)

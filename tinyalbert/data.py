@@ -10,6 +10,7 @@ The recipe is that of google-research/albert `create_pretraining_data.py`:
        tokens.bin             (N,)   uint16 token ids of every sentence, end to end
        sentence_offsets.npy   (S+1,) int64  sentence s = tokens[so[s]:so[s+1]]
        document_offsets.npy   (D+1,) int64  document d = sentences do[d]..do[d+1]-1
+       document_positions.npy (D,)   int64  where document d stands in its file (0, 1, ...)
    The folder name carries a hash of the tokenizer and of the files' contents.
 3. Pairs.  An example takes consecutive sentences from one document until they
    reach a target length (max_seq_length - 3, or with probability short_seq_prob
@@ -51,9 +52,7 @@ import inspect
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 import zlib
 from array import array
@@ -63,10 +62,15 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .files import atomic_output_dir
+
 # A 2.5 MB sample of the bundled model's training corpus, installed with the package: one folder per
 # source, in the format of step 1 above.  What it holds and its licences: tinyalbert/data/corpus/PROVENANCE.md.
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
-CACHE_VERSION = 1  # bump when the cache layout or the sentence splitter changes
+CACHE_VERSION = 2  # bump when the cache layout or the sentence splitter changes
+# Sources whose files hold the same texts in parallel: document k of every file is one article, rewritten
+# (OneStopEnglish: each file one reading level).  A split must keep an article's rewrites together.
+PARALLEL_SOURCES = frozenset({"onestopenglish"})
 SPLITS = {"train": 0, "heldout": 1}
 PAIR_TASKS = ("sop", "nsp")  # sentence-order prediction (ALBERT) or next-sentence prediction (BERT)
 
@@ -164,6 +168,7 @@ class Source:
     paths: list[Path]
     weight: float = 1.0
     one_doc_per_file: bool = False
+    parallel: bool = False  # document k of every file is the same text (see PARALLEL_SOURCES)
 
     @classmethod
     def parse(cls, spec: str | os.PathLike) -> "Source":
@@ -176,7 +181,8 @@ class Source:
                 path, weight = head, float(tail)
             except ValueError:
                 pass
-        return cls(name=Path(path).name or "source", paths=[Path(path)], weight=weight)
+        name = Path(path).name or "source"
+        return cls(name=name, paths=[Path(path)], weight=weight, parallel=name in PARALLEL_SOURCES)
 
 
 def default_cache_dir() -> Path:
@@ -213,6 +219,7 @@ class TokenCache:
     tokens: np.ndarray            # (N,) uint16 or int32
     sentence_offsets: np.ndarray  # (S+1,) int64, into tokens
     document_offsets: np.ndarray  # (D+1,) int64, into sentences
+    document_positions: np.ndarray  # (D,) int64, each document's place in its file
     meta: dict = field(default_factory=dict)
 
     @property
@@ -240,7 +247,8 @@ class TokenCache:
         # np.memmap refuses empty files
         tokens = np.memmap(path / "tokens.bin", dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
         return cls(path, tokens, np.load(path / "sentence_offsets.npy", mmap_mode="r"),
-                   np.load(path / "document_offsets.npy", mmap_mode="r"), meta)
+                   np.load(path / "document_offsets.npy", mmap_mode="r"),
+                   np.load(path / "document_positions.npy", mmap_mode="r"), meta)
 
 
 def build_token_cache(source: Source, tokenizer, cache_dir: str | os.PathLike | None = None,
@@ -250,8 +258,6 @@ def build_token_cache(source: Source, tokenizer, cache_dir: str | os.PathLike | 
     The cache is written to a temporary folder and renamed into place, so an
     interrupted run never leaves a half-written cache behind.
     """
-    from tqdm import tqdm
-
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     files = list_text_files(source.paths)
     if not files:
@@ -262,60 +268,81 @@ def build_token_cache(source: Source, tokenizer, cache_dir: str | os.PathLike | 
         return TokenCache.load(final)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=cache_dir))
-    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.int32)
-    sentence_ends = array("q")  # token offset after each sentence
-    document_ends = array("q")  # sentence count after each document
-    n_tokens = 0
-    encode = tokenizer.encode
     try:
-        total = sum(p.stat().st_size for p in files)
-        with open(tmp / "tokens.bin", "wb") as out, \
-                tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {source.name}",
-                     disable=not progress, mininterval=1.0) as bar:
-            for path in files:
-                counted = 0
-                for doc in read_documents(path, source.one_doc_per_file):
-                    n_sent_before = len(sentence_ends)
-                    for paragraph in doc:
-                        for sentence in split_sentences(paragraph):
-                            ids = encode(sentence, add_special_tokens=False)
-                            if ids:
-                                out.write(np.asarray(ids, dtype=dtype).tobytes())
-                                n_tokens += len(ids)
-                                sentence_ends.append(n_tokens)
-                        n_bytes = len(paragraph.encode("utf-8")) + 1
-                        counted += n_bytes
-                        bar.update(n_bytes)
-                    if len(sentence_ends) > n_sent_before:
-                        document_ends.append(len(sentence_ends))
-                bar.update(max(0, path.stat().st_size - counted))  # blank lines and stripped spaces
-        np.save(tmp / "sentence_offsets.npy", np.concatenate([[0], np.frombuffer(sentence_ends, np.int64)]))
-        np.save(tmp / "document_offsets.npy", np.concatenate([[0], np.frombuffer(document_ends, np.int64)]))
-        meta = {"source": source.name, "key": key, "dtype": dtype.name, "num_tokens": n_tokens,
-                "num_sentences": len(sentence_ends), "num_documents": len(document_ends),
-                "one_doc_per_file": source.one_doc_per_file, "files": [str(p) for p in files],
-                "cache_version": CACHE_VERSION}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same cache first: keep theirs
-            if not (final / "meta.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_output_dir(final) as tmp:
+            _write_token_cache(Path(tmp), source, files, key, tokenizer, progress)
+    except OSError:  # another process finished the same cache first: keep theirs
+        if not (final / "meta.json").is_file():
+            raise
     return TokenCache.load(final)
 
 
-def heldout_documents(num_documents: int, fraction: float, seed: int) -> np.ndarray:
-    """(D,) bool: a fixed random set of round(fraction D) documents (at least 1, never all) kept out of training."""
-    mask = np.zeros(num_documents, dtype=bool)
-    if fraction <= 0 or num_documents < 2:
+def _write_token_cache(tmp: Path, source: Source, files: list[Path], key: str, tokenizer, progress: bool) -> None:
+    """Tokenize `files` into the (new, empty) cache folder `tmp`: tokens.bin, offsets, positions, meta.json."""
+    from tqdm import tqdm
+
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.int32)
+    sentence_ends = array("q")  # token offset after each sentence
+    document_ends = array("q")  # sentence count after each document
+    document_positions = array("q")  # each kept document's place in its file, empty documents counted
+    n_tokens = 0
+    encode = tokenizer.encode
+    total = sum(p.stat().st_size for p in files)
+    with open(tmp / "tokens.bin", "wb") as out, \
+            tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {source.name}",
+                 disable=not progress, mininterval=1.0) as bar:
+        for path in files:
+            counted = 0
+            for position, doc in enumerate(read_documents(path, source.one_doc_per_file)):
+                n_sent_before = len(sentence_ends)
+                for paragraph in doc:
+                    for sentence in split_sentences(paragraph):
+                        ids = encode(sentence, add_special_tokens=False)
+                        if ids:
+                            out.write(np.asarray(ids, dtype=dtype).tobytes())
+                            n_tokens += len(ids)
+                            sentence_ends.append(n_tokens)
+                    n_bytes = len(paragraph.encode("utf-8")) + 1
+                    counted += n_bytes
+                    bar.update(n_bytes)
+                if len(sentence_ends) > n_sent_before:
+                    document_ends.append(len(sentence_ends))
+                    document_positions.append(position)
+            bar.update(max(0, path.stat().st_size - counted))  # blank lines and stripped spaces
+    np.save(tmp / "sentence_offsets.npy", np.concatenate([[0], np.frombuffer(sentence_ends, np.int64)]))
+    np.save(tmp / "document_offsets.npy", np.concatenate([[0], np.frombuffer(document_ends, np.int64)]))
+    np.save(tmp / "document_positions.npy", np.frombuffer(document_positions, np.int64))
+    meta = {"source": source.name, "key": key, "dtype": dtype.name, "num_tokens": n_tokens,
+            "num_sentences": len(sentence_ends), "num_documents": len(document_ends),
+            "one_doc_per_file": source.one_doc_per_file, "files": [str(p) for p in files],
+            "cache_version": CACHE_VERSION}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def document_groups(cache: TokenCache, parallel: bool) -> np.ndarray:
+    """(D,) int64: documents with the same number must fall on the same side of a split.
+
+    Every document is its own group, except in a parallel source, where document k of every file is one
+    article at another reading level: those rewrites share the group k.
+    """
+    if parallel:
+        return np.asarray(cache.document_positions, dtype=np.int64)
+    return np.arange(cache.num_documents, dtype=np.int64)
+
+
+def heldout_documents(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """(D,) bool: the documents of a fixed random set of round(fraction G) of the G groups (at least 1, never
+    all) kept out of training.  groups (D,) from document_groups; with one group per document this is
+    round(fraction D) documents."""
+    groups = np.asarray(groups)
+    labels, group_of_document = np.unique(groups, return_inverse=True)
+    mask = np.zeros(len(groups), dtype=bool)
+    if fraction <= 0 or len(labels) < 2:
         return mask
-    k = min(num_documents - 1, max(1, round(fraction * num_documents)))
-    mask[np.random.default_rng(seed).permutation(num_documents)[:k]] = True
-    return mask
+    k = min(len(labels) - 1, max(1, round(fraction * len(labels))))
+    chosen = np.zeros(len(labels), dtype=bool)
+    chosen[np.random.default_rng(seed).permutation(len(labels))[:k]] = True
+    return chosen[group_of_document]
 
 
 def eligible_starts(cache: TokenCache, documents: np.ndarray) -> np.ndarray:
@@ -513,7 +540,9 @@ class PretrainingData:
     batch(step, batch_size, split) depends only on (seed, split, step), so a
     resumed run asks for the same batches again by step number.  split is
     "train" or "heldout"; the held-out documents (heldout_fraction of each
-    source, chosen by split_seed) never appear in training batches.
+    source, chosen by split_seed) never appear in training batches.  In a
+    parallel source (OneStopEnglish) whole articles are held out, every
+    reading level together, so no rewrite of a held-out article is trained on.
 
     Each example picks a source with probability ∝ weight (× its token count
     with weight_by_size=True), then a start sentence uniformly among that
@@ -551,7 +580,7 @@ class PretrainingData:
         self.special_ids = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id,
                             tokenizer.mask_id)
 
-        self.heldout = [heldout_documents(c.num_documents, heldout_fraction,
+        self.heldout = [heldout_documents(document_groups(c, s.parallel), heldout_fraction,
                                           split_seed + zlib.crc32(s.name.encode()))
                         for s, c in zip(self.sources, self.caches, strict=True)]
         self.starts = {split: [eligible_starts(c, held if split == "heldout" else ~held)

@@ -35,6 +35,7 @@ import numpy as np
 from .cli import OneLineParser
 from .nn.config import AlbertConfig
 from .nn.params import EMB, MLM, POOLER, SOP, Params, has_sop_head, layer_prefix, sub
+from .tuning import tune_process
 
 DEFAULT_TEXT = "The man went to the [MASK] to buy some milk."
 # Above rounding (float32: at most 6e-6 measured through a random xxlarge's 12 runs, 2e-6 on the bundled model),
@@ -244,6 +245,7 @@ def format_rows(rows: list[Row], threshold: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_process(training=False)
     parser = OneLineParser(
         prog="python -m tinyalbert.diff",
         description="Run the same weights and input through tinyalbert and transformers' AlbertForPreTraining "

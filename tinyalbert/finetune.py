@@ -36,10 +36,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .cli import CommandErrors, OneLineParser
+from .data import PARALLEL_SOURCES
+from .tuning import tune_process
 
 DEFAULT_SOURCES = ("tinystories", "wikinews", "gutenberg")
-# Sources whose files hold the same documents in parallel (document k of every file is one text).
-PARALLEL_SOURCES = frozenset({"onestopenglish"})
 
 
 class FinetuneError(ValueError):
@@ -325,10 +325,13 @@ def fine_tune(clf, rows: Sequence[Sequence[int]], labels: np.ndarray, *, epochs:
 
     Each epoch visits the training examples in a new random order, batch_size at a time.  AdamW with
     weight decay (none on LayerNorm and biases), lr warmed up linearly over warmup_fraction of the
-    steps and then decayed linearly to 0, global gradient norm clipped to `clip`.
+    steps and then decayed linearly to 0, global gradient norm clipped to `clip`.  Each step's dropout
+    masks (the classifier's, and the body's if the config has hidden or attention dropout) come from
+    (seed, step) alone.
     """
     from tqdm import tqdm
 
+    from .nn.dropout import step_generator
     from .optim import AdamW, clip_grad_norm, linear_schedule
 
     labels = np.asarray(labels, dtype=np.int64)
@@ -351,7 +354,7 @@ def fine_tune(clf, rows: Sequence[Sequence[int]], labels: np.ndarray, *, epochs:
             order = rng.permutation(len(rows))
         idx, order = order[:batch_size], order[batch_size:]
         ids, mask = pad_batch([rows[i] for i in idx], pad_id)
-        loss, grads = clf.loss_and_grads(ids, None, mask, labels[idx], dropout=dropout, rng=rng)
+        loss, grads = clf.loss_and_grads(ids, None, mask, labels[idx], dropout=dropout, rng=step_generator(seed, step))
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr")
         grad_norm = clip_grad_norm(grads, clip)
@@ -359,7 +362,7 @@ def fine_tune(clf, rows: Sequence[Sequence[int]], labels: np.ndarray, *, epochs:
         optimizer.step(grads, lr=step_lr)
         s = clf.last_stats
         record = {"step": step + 1, "epoch": (step + 1) / steps_per_epoch, "loss": loss,
-                  "acc": s["correct"] / s["count"], "lr": step_lr, "grad_norm": grad_norm}
+                  "acc": s["correct"] / max(1, s["count"]), "lr": step_lr, "grad_norm": grad_norm}
         history.append(record)
         if on_step is not None:
             on_step(record)
@@ -535,6 +538,7 @@ def _limit_threads(n: int | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_process()
     args = parse_args(argv)
     from .weights import WeightsError
 

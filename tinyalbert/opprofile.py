@@ -47,6 +47,7 @@ from .nn import (
     softmax,
 )
 from .nn.config import AlbertConfig
+from .tuning import tune_process
 
 OP_MODULES: tuple[ModuleType, ...] = (kernels, linear, layernorm, activations, softmax, attention, feedforward, layer,
                                       encoder, embeddings, heads, losses, model)
@@ -209,6 +210,7 @@ def resolve_config(name: str) -> AlbertConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_process(training=args.train)
     try:
         config = resolve_config(args.config)
     except (OSError, ValueError, KeyError) as e:

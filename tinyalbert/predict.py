@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ import numpy as np
 from .cli import CommandErrors, OneLineParser
 from .nn.encoder import check_depth
 from .nn.losses import log_softmax
+from .tuning import tune_process
 
 if TYPE_CHECKING:
     from .nn.model import Albert
@@ -71,12 +73,23 @@ def _encode_checked(model, text: str) -> list[int]:
         raise PredictError("these weights have no embedded vocabulary (spiece.model); convert them again with it")
     if not text.strip():
         raise PredictError("the input text is empty")
+    _check_unicode(text)
     ids = tok.encode(text)
     limit = model.config.max_position_embeddings
     if len(ids) > limit:
         raise PredictError(f"the input is {len(ids)} tokens long, more than the model's maximum of {limit}: "
                            f"{text[:40]!r}...")
     return ids
+
+
+def _check_unicode(text: str) -> None:
+    """PredictError for a text holding lone surrogates: Python's stand-ins for bytes that were not UTF-8
+    (in a command-line argument, or read with surrogateescape), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PredictError(f"the input is not UTF-8 text (character {e.start} stands for an undecodable "
+                           f"byte): {text[:40]!r}") from None
 
 
 def _predict_masks(model, ids: list[int], logits: np.ndarray, top_k: int) -> list:
@@ -195,6 +208,8 @@ def _encode_for_sop(model, first: str, second: str) -> tuple[list[int], list[int
         raise PredictError("these weights have no embedded vocabulary (spiece.model); convert them again with it")
     if not first.strip() or not second.strip():
         raise PredictError("sentence-order prediction needs two non-empty sentences")
+    _check_unicode(first)
+    _check_unicode(second)
     ids, types = model.tokenizer.encode_pair(first, second)
     if len(ids) > model.config.max_position_embeddings:
         raise PredictError(f"the sentence pair is {len(ids)} tokens long, more than the model's maximum of "
@@ -287,16 +302,23 @@ def _format_lens(text: str, lens: list, show_tokens: bool, model, depth: int | N
 
 
 def _read_lines(stream, where: str) -> list[str]:
-    """The non-blank lines of a text stream; PredictError naming `where` if it is not UTF-8."""
+    """The non-blank lines of a binary stream read as UTF-8 (a byte-order mark is dropped); PredictError
+    naming `where` if it is not UTF-8.  Decoded here, not by sys.stdin: under the C locale Python reads
+    stdin with surrogateescape, which turns bad bytes into lone surrogates instead of an error."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig")
     try:
-        return [line.rstrip("\r\n") for line in stream if line.strip()]
+        return [line.rstrip("\r\n") for line in text if line.strip()]
     except UnicodeDecodeError as e:
         raise PredictError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    finally:
+        text.detach()       # leave `stream` open: closing the wrapper would close it (and stdin with it)
 
 
 def _resolve_weights(arg: str | None) -> Path:
     """--weights, else default_weights_path(); a missing default gets a message saying how to get weights."""
-    if arg:
+    if arg is not None:
+        if not arg.strip():
+            raise PredictError("--weights is empty; give the path of a weights file (.h5)")
         return Path(arg)
     path = default_weights_path()
     if not os.environ.get("TINYALBERT_WEIGHTS") and not path.exists():
@@ -307,6 +329,7 @@ def _resolve_weights(arg: str | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_process(training=False)
     parser = OneLineParser(prog="python -m tinyalbert.predict",
                            description="Fill in [MASK] tokens (or score sentence order) with ALBERT.")
     parser.add_argument("texts", nargs="*", help="input texts, each with at least one [MASK]")
@@ -340,13 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         _check_depth(args.depth)
         if args.file:
             if args.file == "-":
-                texts += _read_lines(sys.stdin, "standard input")
+                texts += _read_lines(sys.stdin.buffer, "standard input")
             else:
-                with open(args.file, encoding="utf-8") as stream:
+                with open(args.file, "rb") as stream:
                     texts += _read_lines(stream, args.file)
         if not texts and not args.sop:
             if not sys.stdin.isatty():
-                texts = _read_lines(sys.stdin, "standard input")
+                texts = _read_lines(sys.stdin.buffer, "standard input")
             if not texts:
                 raise PredictError("no input: give a text with [MASK], --file, or --sop FIRST SECOND")
         if args.lens and not texts:

@@ -5,20 +5,26 @@
         --hidden-size 256 --num-heads 4 --num-layers 6 --steps 3000 --batch-size 32
 
 One training step: batch(step) -> model.loss_and_grads -> clip the global norm ->
-LAMB (or AdamW) update with warm-up then linear decay.  Batches depend only on
-(seed, step), and every kernel is deterministic, so a run stopped and resumed
+LAMB (or AdamW) update with warm-up then linear decay.  Batches and dropout masks
+(when the config's rates are not 0) depend only on (seed, step), and every kernel
+is deterministic, so a run stopped and resumed
 from its checkpoint (`--resume`) ends with parameters bitwise equal to those of
-an uninterrupted run.
+an uninterrupted run, even when it was killed (tests/test_killed.py).  --resume
+refuses arguments that differ from the checkpoint's, except those in
+MAY_CHANGE_ON_RESUME, and compares --vocab and --data by content.
 
 The run folder holds:
-    checkpoint.h5   params, optimizer moments, step, config and arguments (written atomically)
-    log.jsonl       one JSON record per logged step and per evaluation
+    checkpoint.h5   params, optimizer moments, step, config, arguments and fingerprints of the vocabulary
+                    and the data (written atomically, like every file here)
+    log.jsonl       one JSON record per logged step and per evaluation (appended; --resume drops the
+                    records after the checkpoint's step, and a last line cut short by a crash)
     loss.png        the training and held-out loss curves
     model.h5        the final weights in tinyalbert's format, with the vocabulary (also at --export)
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -32,6 +38,7 @@ import numpy as np
 
 from .files import atomic_output
 from .nn.config import AlbertConfig
+from .nn.dropout import step_generator
 from .nn.model import Albert
 from .nn.params import (
     EMB,
@@ -43,8 +50,15 @@ from .nn.params import (
     tie_query_key_init,
 )
 from .optim import AdamW, Lamb, clip_grad_norm, linear_schedule
+from .tuning import tune_process
 
 CHECKPOINT_FORMAT = "tinyalbert-checkpoint"
+# Arguments that may differ between a run and its resumption: where the run lives and its caches, how
+# often it reports or saves, and where (and in which storage dtype) it writes the final weights.  None of
+# them changes a batch or a number the training computes.  --resume compares every other argument, so an
+# option added later is checked unless it is added here.
+MAY_CHANGE_ON_RESUME = frozenset({"out", "resume", "stop_after", "log_every", "eval_every", "checkpoint_every",
+                                  "cache_dir", "export", "export_dtype"})
 
 
 def build_config(args: argparse.Namespace, vocab_size: int) -> AlbertConfig:
@@ -80,13 +94,15 @@ def make_optimizer(name: str, params: dict[str, np.ndarray], lr: float, weight_d
 
 # ---- checkpoints --------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, config: AlbertConfig, params: dict[str, np.ndarray], optimizer, step: int,
-                    args: dict[str, Any]) -> None:
-    """Everything needed to continue exactly: params, optimizer state, step.  Temporary file, then rename."""
+                    args: dict[str, Any], fingerprints: dict[str, Any]) -> None:
+    """Everything needed to continue exactly: params, optimizer state, step, and the arguments and input
+    fingerprints (run_fingerprints) a resumed run must match.  Temporary file, then rename."""
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = CHECKPOINT_FORMAT
         f.attrs["step"] = step
         f.attrs["config_json"] = config.to_json_string()
         f.attrs["args_json"] = json.dumps(args, sort_keys=True)
+        f.attrs["fingerprints_json"] = json.dumps(fingerprints, sort_keys=True)
         for name, value in params.items():
             f.create_dataset(f"params/{name}", data=value)
         for name, value in optimizer.state_dict().items():
@@ -102,7 +118,9 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_checkpoint(path: Path) -> tuple[AlbertConfig, dict[str, np.ndarray], dict[str, Any], int, dict]:
+def load_checkpoint(path: Path) -> tuple[AlbertConfig, dict[str, np.ndarray], dict[str, Any], int, dict, dict]:
+    """(config, params, optimizer state, step, arguments, fingerprints); a checkpoint written before
+    fingerprints were saved has none ({})."""
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != CHECKPOINT_FORMAT:
@@ -110,21 +128,75 @@ def load_checkpoint(path: Path) -> tuple[AlbertConfig, dict[str, np.ndarray], di
             config = AlbertConfig.from_json_string(f.attrs["config_json"])
             params = {name: f["params"][name][()] for name in f["params"]}
             opt_state = {name: f["optimizer"][name][()] for name in f["optimizer"]}
-            return config, params, opt_state, int(f.attrs["step"]), json.loads(f.attrs["args_json"])
+            return (config, params, opt_state, int(f.attrs["step"]), json.loads(f.attrs["args_json"]),
+                    json.loads(f.attrs.get("fingerprints_json", "{}")))
     except OSError as e:
         raise ValueError(f"cannot read checkpoint {path}: {e}") from None
 
 
+# ---- resuming -----------------------------------------------------------------------------------------
+def run_fingerprints(tokenizer, data) -> dict[str, Any]:
+    """What --vocab and --data hold, as opposed to where: a file may move, its content may not change.
+    The data's fingerprint is each source's token-cache key (a hash of its files' names and contents
+    and of the vocabulary), with the source's name and weight, which also shape the batches."""
+    return {"vocab": "sha256 " + hashlib.sha256(tokenizer.model_bytes).hexdigest()[:16],
+            "data": [f"{source.name}:{source.weight:g}:{cache.meta['key'][:16]}"
+                     for source, cache in zip(data.sources, data.caches, strict=True)]}
+
+
+def resume_mismatches(args: argparse.Namespace, fingerprints: dict[str, Any], saved_args: dict[str, Any],
+                      saved_fingerprints: dict[str, Any]) -> list[str]:
+    """'--option NEW but the checkpoint was made with OLD' for every argument outside MAY_CHANGE_ON_RESUME
+    that differs from the checkpoint's; fingerprinted arguments (--vocab, --data) are compared by content."""
+    parser = build_parser()
+    mismatches = []
+    for key, value in sorted(vars(args).items()):
+        if key in MAY_CHANGE_ON_RESUME:
+            continue
+        # a checkpoint written before an option existed ran with its default
+        saved = saved_args.get(key, parser.get_default(key))
+        flag = "--" + key.replace("_", "-")
+        if key in fingerprints and key in saved_fingerprints:
+            if fingerprints[key] != saved_fingerprints[key]:
+                mismatches.append(f"{flag} {value!r} (content {fingerprints[key]}) but the checkpoint was made with "
+                                  f"{saved!r} (content {saved_fingerprints[key]})")
+        elif value != saved:
+            mismatches.append(f"{flag} is {value!r} but the checkpoint was made with {saved!r}")
+    return mismatches
+
+
+def trim_log(log_path: Path, step: int) -> None:
+    """Keep the log consistent with a checkpoint of `step`: drop the records written after it (the
+    resumed run writes them again), and a last line cut short by a crash.  Rewritten atomically."""
+    lines = log_path.read_text(encoding="utf-8", errors="replace").split("\n") if log_path.exists() else []
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record_step = record["step"]
+        except (json.JSONDecodeError, TypeError, KeyError):
+            if number < len(lines) - 1:
+                raise ValueError(f"{log_path} line {number} is not a JSON record: {line[:60]!r}") from None
+            print(f"{log_path}: dropping its last line, cut short by a crash: {line[:60]!r}", file=sys.stderr)
+            continue
+        if record_step <= step:
+            kept.append(line + "\n")
+    with atomic_output(log_path) as tmp:
+        Path(tmp).write_text("".join(kept), encoding="utf-8")
+
+
 # ---- evaluation and plots -----------------------------------------------------------------------------
 def evaluate(model: Albert, data, batches: int, batch_size: int) -> dict[str, float]:
-    """Held-out loss, MLM top-1 accuracy and SOP accuracy over `batches` fixed held-out batches."""
+    """Held-out loss, MLM top-1 accuracy and SOP accuracy over `batches` fixed held-out batches
+    (forward passes only, no dropout: `Albert.loss`)."""
     totals = {"loss": 0.0, "mlm_loss": 0.0, "sop_loss": 0.0, "mlm_correct": 0, "mlm_count": 0, "sop_correct": 0,
               "sop_count": 0}
     for i in range(batches):
         b = data.batch(i, batch_size, split="heldout")
-        loss, _ = model.loss_and_grads(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mlm_labels"],
-                                       b["sop_labels"] if model.has_sop_head else None)
-        s = model.last_stats
+        loss, s = model.loss(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mlm_labels"],
+                             b["sop_labels"] if model.has_sop_head else None)
         totals["loss"] += loss
         totals["mlm_loss"] += s["mlm_loss"]
         totals["sop_loss"] += s["sop_loss"] or 0.0
@@ -178,29 +250,29 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = Tokenizer(args.vocab)
     dtype = np.dtype(args.dtype).type
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
+    if args.resume and not ckpt_path.exists():
+        raise FileNotFoundError(f"--resume: there is no checkpoint to resume from ({ckpt_path} does not exist); "
+                                "leave out --resume to start a new run")
 
-    if args.resume and ckpt_path.exists():
-        config, params, opt_state, start_step, saved_args = load_checkpoint(ckpt_path)
+    data = PretrainingData(args.data, tokenizer, cache_dir=args.cache_dir, max_seq_length=args.seq_len,
+                           seed=args.seed, heldout_fraction=args.heldout_fraction, max_ngram=args.max_ngram,
+                           whole_word_mask=args.mask_unit == "word", pair_task=args.pair_task)
+    fingerprints = run_fingerprints(tokenizer, data)
+
+    if args.resume:
+        config, params, opt_state, start_step, saved_args, saved_fingerprints = load_checkpoint(ckpt_path)
+        mismatches = resume_mismatches(args, fingerprints, saved_args, saved_fingerprints)
+        if mismatches:
+            raise ValueError(f"--resume: {ckpt_path} continues a run with other arguments: {'; '.join(mismatches)}")
         params = canonical_order(config, params)
-        parser = build_parser()
-        for key in ("steps", "batch_size", "lr", "warmup", "optimizer", "seed", "seq_len", "data", "weight_decay",
-                    "clip", "init_from", "max_ngram", "mask_unit", "pair_task"):
-            # a checkpoint written before an option existed ran with its default
-            saved = saved_args.get(key, parser.get_default(key))
-            if saved != run_args.get(key):
-                raise ValueError(f"--resume: --{key.replace('_', '-')} is {run_args.get(key)!r} but the checkpoint "
-                                 f"was made with {saved!r}")
         optimizer = make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
         optimizer.load_state_dict(opt_state)
         print(f"resuming from step {start_step} of {args.steps}", file=sys.stderr)
-        # keep the log consistent with the checkpoint: drop records written after it
-        if log_path.exists():
-            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= start_step]
-            log_path.write_text("".join(ln + "\n" for ln in kept))
+        trim_log(log_path, start_step)
     else:
         if args.init_from:
             if is_checkpoint(args.init_from):
-                config, params, _, _, _ = load_checkpoint(Path(args.init_from))
+                config, params, *_ = load_checkpoint(Path(args.init_from))
             else:
                 from .weights import load_params
                 config, params, spiece, _ = load_params(args.init_from, dtype=dtype, mmap=False)
@@ -224,12 +296,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 tie_query_key_init(config, params)
         optimizer = make_optimizer(args.optimizer, params, args.lr, args.weight_decay)
         start_step = 0
-        log_path.write_text("")
+        with atomic_output(log_path):
+            pass                                  # a new, empty log
     model = Albert(config, params)
 
-    data = PretrainingData(args.data, tokenizer, cache_dir=args.cache_dir, max_seq_length=args.seq_len,
-                           seed=args.seed, heldout_fraction=args.heldout_fraction, max_ngram=args.max_ngram,
-                           whole_word_mask=args.mask_unit == "word", pair_task=args.pair_task)
     print(data.summary(), file=sys.stderr)
     n_params = sum(p.size for p in params.values())
     print(f"model: {n_params:,} parameters, H={config.hidden_size} E={config.embedding_size} "
@@ -244,7 +314,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         for step in range(start_step, args.steps):
             b = data.batch(step, args.batch_size)
             loss, grads = model.loss_and_grads(b["input_ids"], b["token_type_ids"], b["attention_mask"],
-                                               b["mlm_labels"], b["sop_labels"])
+                                               b["mlm_labels"], b["sop_labels"], rng=step_generator(args.seed, step))
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or raise --warmup")
             grad_norm = clip_grad_norm(grads, args.clip)
@@ -273,7 +343,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                           f"MLM acc {record['eval_mlm_acc']:.3f}, SOP acc {record['eval_sop_acc']:.3f}")
                 plot_losses(log_path, out / "loss.png")
             if done % args.checkpoint_every == 0 or done == args.steps or done == args.stop_after:
-                save_checkpoint(ckpt_path, config, params, optimizer, done, run_args)
+                os.fsync(log.fileno())            # the log on disk reaches at least as far as the checkpoint
+                save_checkpoint(ckpt_path, config, params, optimizer, done, run_args, fingerprints)
             bar.update(1)
             if done == args.stop_after:
                 break
@@ -355,6 +426,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_process()
     args = parse_args(argv)
     try:
         train(args)

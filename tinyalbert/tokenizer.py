@@ -218,6 +218,12 @@ class Tokenizer:
         """Split text into SentencePiece pieces; special tokens stay whole."""
         if not isinstance(text, str):
             raise TypeError(f"tokenize() takes a str, not {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            # SentencePiece (and the reference with it) fails on these with a C++ cast error
+            raise ValueError(f"the text holds a lone surrogate ({text[e.start]!r} at character {e.start}), "
+                             "which is not Unicode text; it cannot be tokenized") from None
         parts = self._split_on_specials(self._lowercase_outside_specials(text))
         # [MASK] swallows the whitespace in front of it. (The reference does this;
         # the ids never show it, since `preprocess` trims that whitespace anyway.)

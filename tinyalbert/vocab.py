@@ -23,12 +23,12 @@ import io
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
 from .data import list_text_files, read_documents, split_sentences
+from .files import atomic_output
 from .tokenizer import Tokenizer
 
 CONTROL_SYMBOLS = ("[CLS]", "[SEP]", "[MASK]")
@@ -107,14 +107,8 @@ def train_vocab(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
     data = model.getvalue()
     Tokenizer(data)  # checks <pad> <unk> [CLS] [SEP] [MASK] sit at ids 0-4
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(output) as tmp:
+        Path(tmp).write_bytes(data)
     return output
 
 

@@ -113,15 +113,20 @@ def save(path: str | os.PathLike, config: AlbertConfig, params: Mapping[str, Any
     dt = _storage_dtype(params, dtype)
     order = [k for k in param_shapes(config, sop_head=all(k in params for k in SOP_HEAD_KEYS)) if k in params]
     with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w", alignment_threshold=1, alignment_interval=ALIGNMENT) as f:
-            f.attrs["format"] = FORMAT
+        # libver v110: the superblock, object headers and link indexes carry checksums, so HDF5 refuses
+        # damaged metadata instead of reading it; the text attributes are fixed-length strings, stored
+        # inside the checksummed header (a variable-length string lives in the global heap, which has no
+        # checksum, and a damaged global heap can make HDF5 loop forever).
+        with h5py.File(tmp, "w", libver=("v110", "latest"), alignment_threshold=1,
+                       alignment_interval=ALIGNMENT) as f:
+            f.attrs["format"] = _text(FORMAT)
             f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-            f.attrs["config_json"] = config.to_json_string()
+            f.attrs["config_json"] = _text(config.to_json_string())
             f.attrs["has_sop_head"] = bool(all(k in params for k in SOP_HEAD_KEYS))
-            f.attrs["dtype"] = dt.name
-            f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            f.attrs["tinyalbert_version"] = __version__
-            f.attrs["provenance_json"] = json.dumps(provenance or {}, sort_keys=True)
+            f.attrs["dtype"] = _text(dt.name)
+            f.attrs["created"] = _text(datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+            f.attrs["tinyalbert_version"] = _text(__version__)
+            f.attrs["provenance_json"] = _text(json.dumps(provenance or {}, sort_keys=True))
             group = f.create_group(PARAMS_GROUP)
             for name in order:
                 value = params[name]
@@ -131,6 +136,11 @@ def save(path: str | os.PathLike, config: AlbertConfig, params: Mapping[str, Any
             if spiece_model_bytes is not None:
                 f.create_dataset(SPIECE_DATASET, data=np.frombuffer(bytes(spiece_model_bytes), dtype=np.uint8))
     return path
+
+
+def _text(value: str) -> np.bytes_:
+    """A text attribute as a fixed-length UTF-8 string (the JSON and names written here are ASCII)."""
+    return np.bytes_(value.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -153,6 +163,11 @@ def _open(path: str):
         raise WeightsError(f"weights file not found: {path}")
     if os.path.isdir(path):
         raise WeightsError(f"{path} is a directory, not a weights file")
+    if not os.path.isfile(path):
+        # a named pipe would block HDF5's open forever, and a device is not a file we wrote
+        raise WeightsError(f"{path} is not a regular file (a pipe or a device?), not a weights file")
+    if os.path.getsize(path) == 0:
+        raise WeightsError(f"{path} is empty, not a weights file")
     try:
         is_hdf5 = h5py.is_hdf5(path)
     except OSError as e:
@@ -161,13 +176,44 @@ def _open(path: str):
         raise WeightsError(f"{path} is not an HDF5 file")
     try:
         return h5py.File(path, "r")
-    except OSError as e:
+    except Exception as e:  # OSError mostly; a damaged superblock can raise others
         # HDF5 records the file's end-of-address in the superblock and refuses a shorter file.
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = _first_line(e)
         if "truncated" in msg or "eof" in msg.lower():
             raise WeightsError(f"{path} is truncated (the file is shorter than its header says); "
                                "re-copy or re-convert it") from None
         raise WeightsError(f"{path} is a damaged HDF5 file ({msg})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+# The HDF5 type classes a root attribute may have.  Any other class (a variable-length sequence, a
+# compound, a reference...) is refused before it is read: a damaged type field can turn a string into
+# one of those, and HDF5 2.0 then crashes the process while converting the value.
+_ATTRIBUTE_CLASSES = ("INTEGER", "FLOAT", "STRING", "ENUM")
+
+
+def _read_attrs(f, path: str) -> dict[str, Any]:
+    """The root attributes as plain Python values; WeightsError naming an attribute that cannot be read."""
+    import h5py
+
+    allowed = {getattr(h5py.h5t, name) for name in _ATTRIBUTE_CLASSES}
+    attrs = {}
+    for name in f.attrs.keys():
+        try:
+            attribute = h5py.h5a.open(f.id, name.encode("utf-8", "surrogateescape"))
+            if attribute.get_type().get_class() not in allowed:
+                raise WeightsError(f"{path}: attribute {name!r} has an unexpected type; the file is damaged")
+            attrs[name] = _attr(f.attrs[name])
+        except WeightsError:
+            raise
+        except Exception as e:  # a damaged attribute raises OSError, UnicodeDecodeError, ...
+            raise WeightsError(f"{path}: cannot read attribute {name!r} ({_first_line(e)}); "
+                               "the file is damaged") from None
+    return attrs
 
 
 def _truncated(path: str, what: str) -> WeightsError:
@@ -186,43 +232,52 @@ def load_params(path: str | os.PathLike, dtype: Any = None, mmap: bool = True
     Raises WeightsError for a missing, non-HDF5, truncated, foreign, wrong-version or
     mis-shaped file.
     """
+    import h5py
+
     path = os.fspath(path)
     want = None if dtype is None else np.dtype(dtype)
     if want is not None and want.name not in STORAGE_DTYPES:
         raise WeightsError(f"cannot load weights as {want.name}; choose one of {', '.join(STORAGE_DTYPES)}")
-    file_size = os.path.getsize(path) if os.path.isfile(path) else 0
     f = _open(path)
+    file_size = os.path.getsize(path)
+    # What is being read, for the message when h5py fails on a damaged file.
+    reading = "the file's structure"
     try:
-        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        attrs = _read_attrs(f, path)
         fmt = attrs.get("format")
-        if fmt != FORMAT:
+        if not isinstance(fmt, str) or fmt != FORMAT:
             found = "no 'format' attribute" if fmt is None else f"format {fmt!r}"
             raise WeightsError(f"{path} is not a tinyalbert weights file ({found}, expected {FORMAT!r}); "
                                "convert a checkpoint with `python -m tinyalbert.convert`")
         version = attrs.get("format_version")
-        if version != FORMAT_VERSION:
-            raise WeightsError(f"{path} has format_version {version}, but this tinyalbert reads format_version "
+        if type(version) is not int or version != FORMAT_VERSION:   # a bool, a float or text is damage too
+            if version is None:
+                found = "no format_version attribute"
+            elif type(version) is int:
+                found = f"format_version {version}"
+            else:
+                found = f"format_version {version!r} (a {type(version).__name__}, not an integer)"
+            raise WeightsError(f"{path} has {found}, but this tinyalbert reads format_version "
                                f"{FORMAT_VERSION}; re-convert it with this version of tinyalbert")
+        config_json = attrs.get("config_json")
         try:
-            config = AlbertConfig.from_json_string(attrs["config_json"])
-        except (KeyError, ValueError, TypeError) as e:
-            raise WeightsError(f"{path} has a missing or invalid config_json attribute ({e})") from None
-        if PARAMS_GROUP not in f:
+            if not isinstance(config_json, str):
+                raise TypeError("missing" if config_json is None else f"a {type(config_json).__name__}, not text")
+            config = AlbertConfig.from_json_string(config_json)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise WeightsError(f"{path} has an invalid config_json attribute ({e})") from None
+        group = f.get(PARAMS_GROUP)
+        if not isinstance(group, h5py.Group):
             raise WeightsError(f"{path} has no '{PARAMS_GROUP}' group")
 
         # Where each tensor lives in the file.  get_offset() is None for chunked/compressed datasets
         # (a file re-packed by another tool) and for datasets never written; those are read instead.
         located: dict[str, tuple[int | None, tuple[int, ...], np.dtype]] = {}
-        for name, dset in f[PARAMS_GROUP].items():
-            dt = np.dtype(dset.dtype)
-            if dt.name not in STORAGE_DTYPES:
-                raise WeightsError(f"{path}: tensor {name} has dtype {dt.name}, expected one of "
-                                   f"{', '.join(STORAGE_DTYPES)}")
-            offset = dset.id.get_offset() if dset.chunks is None and dset.compression is None else None
-            nbytes = int(np.prod(dset.shape, dtype=np.int64)) * dt.itemsize
-            if offset is not None and offset + nbytes > file_size:
-                raise _truncated(path, f"tensor {name}")
-            located[name] = (offset, tuple(dset.shape), dt)
+        for name in group.keys():
+            if isinstance(name, bytes):  # h5py hands over a name that is not UTF-8 as bytes
+                name = name.decode("utf-8", "backslashreplace")
+            reading = f"tensor {name}"
+            located[name] = _locate(group.get(name), name, path, file_size)
 
         try:
             check_params(config, {name: _Shape(shape) for name, (_, shape, _) in located.items()})
@@ -231,16 +286,14 @@ def load_params(path: str | os.PathLike, dtype: Any = None, mmap: bool = True
 
         spiece = None
         if SPIECE_DATASET in f:
-            ds = f[SPIECE_DATASET]
-            off = ds.id.get_offset() if ds.chunks is None else None
-            if off is not None and off + ds.size > file_size:
-                raise _truncated(path, "the SentencePiece model")
-            spiece = ds[()].tobytes()
+            reading = f"the SentencePiece model ({SPIECE_DATASET})"
+            spiece = _read_spiece(f[SPIECE_DATASET], path, file_size)
 
         order = param_shapes(config, sop_head=all(k in located for k in SOP_HEAD_KEYS))
         params: dict[str, np.ndarray] = {}
         whole = None  # one read-only map of the whole file; every tensor is a view of it
         for name in order:
+            reading = f"tensor {name}"
             offset, shape, dt = located[name]
             target = (want or dt).newbyteorder("=")  # native byte order for the kernels
             if mmap and offset is not None and offset % dt.itemsize == 0 and dt.isnative:
@@ -251,19 +304,54 @@ def load_params(path: str | os.PathLike, dtype: Any = None, mmap: bool = True
                 if target != dt:
                     arr = np.array(arr, dtype=target)  # eager conversion (float16 -> float32): a plain array
             else:
-                arr = f[PARAMS_GROUP][name][()]
+                arr = group[name][()]
                 arr = np.asarray(arr, dtype=target)
             params[name] = arr
     except WeightsError:
         raise
-    except (OSError, RuntimeError, KeyError) as e:
-        # h5py reports damaged metadata (often from truncation) this way.
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(f"{path} is damaged or truncated ({msg})") from None
+    except Exception as e:
+        # h5py reports damaged metadata (often from truncation) as OSError, RuntimeError or KeyError, and
+        # a damaged name or string as UnicodeDecodeError, ValueError, ...: whatever it is, the file is bad.
+        raise WeightsError(f"{path} is damaged or truncated: cannot read {reading} ({_first_line(e)})") from None
     finally:
         f.close()
-    attrs["has_sop_head"] = bool(attrs.get("has_sop_head", False))
+    # what the file holds, not what its attribute claims
+    attrs["has_sop_head"] = all(k in params for k in SOP_HEAD_KEYS)
     return config, params, spiece, attrs
+
+
+def _locate(dset: Any, name: str, path: str, file_size: int) -> tuple[int | None, tuple[int, ...], np.dtype]:
+    """(byte offset or None, shape, dtype) of one tensor's dataset, after checking it is a float array."""
+    import h5py
+
+    if not isinstance(dset, h5py.Dataset):
+        what = "a broken link" if dset is None else f"a {type(dset).__name__.lower()}"
+        raise WeightsError(f"{path}: tensor {name} is {what}, not a dataset")
+    if dset.shape is None:
+        raise WeightsError(f"{path}: tensor {name} has no data (an empty dataspace)")
+    dt = np.dtype(dset.dtype)
+    if dt.name not in STORAGE_DTYPES:
+        raise WeightsError(f"{path}: tensor {name} has dtype {dt}, expected one of {', '.join(STORAGE_DTYPES)}")
+    offset = dset.id.get_offset() if dset.chunks is None and dset.compression is None else None
+    nbytes = int(np.prod(dset.shape, dtype=np.int64)) * dt.itemsize
+    if offset is not None and offset + nbytes > file_size:
+        raise _truncated(path, f"tensor {name}")
+    return offset, tuple(dset.shape), dt
+
+
+def _read_spiece(dset: Any, path: str, file_size: int) -> bytes:
+    """The embedded SentencePiece model's bytes, after checking the dataset is a 1-D uint8 array."""
+    import h5py
+
+    if not isinstance(dset, h5py.Dataset) or dset.shape is None or dset.ndim != 1 or dset.dtype != np.uint8:
+        found = f"shape {dset.shape}, dtype {dset.dtype}" if isinstance(dset, h5py.Dataset) else \
+            f"a {type(dset).__name__.lower()}"
+        raise WeightsError(f"{path}: {SPIECE_DATASET} should be the SentencePiece model's bytes (1-D uint8), "
+                           f"found {found}")
+    offset = dset.id.get_offset() if dset.chunks is None else None
+    if offset is not None and offset + dset.size > file_size:
+        raise _truncated(path, "the SentencePiece model")
+    return dset[()].tobytes()
 
 
 class _Shape:
@@ -294,7 +382,11 @@ def load(path: str | os.PathLike, dtype: Any = np.float32, mmap: bool = True) ->
     if spiece is not None:
         from .tokenizer import Tokenizer
 
-        tokenizer = Tokenizer(spiece)
+        try:
+            tokenizer = Tokenizer(spiece)
+        except ValueError as e:
+            raise WeightsError(f"{os.fspath(path)}: the embedded vocabulary ({SPIECE_DATASET}) is damaged: {e}"
+                               ) from None
     return Albert(config, params, tokenizer=tokenizer)
 
 

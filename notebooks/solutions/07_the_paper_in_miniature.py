@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # notebooks/, for nbsetup
+import nbsetup  # noqa: E402
 
-from tinyalbert import ablations  # noqa: E402  (importable once ROOT is on sys.path)
+from tinyalbert import ablations  # noqa: E402
 from tinyalbert.weights import load  # noqa: E402
 
-STUDY = ROOT / "weights" / "ablations"
+STUDY = nbsetup.ROOT / "weights" / "ablations"
 results = json.loads((STUDY / "results.json").read_text())
 recipe = results["recipe"]
 arms = {arm["name"]: arm for arm in results["arms"]}

@@ -19,6 +19,7 @@ import psutil
 
 from ..files import atomic_output
 from ..nn.config import AlbertConfig
+from ..tuning import tune_process
 from .measure import LEGEND, format_line
 from .sections import SECTIONS, torch_model
 from .worker import limit_threads
@@ -151,6 +152,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None, allow_reexec: bool = False) -> int:
+    tune_process(training=False)        # the training lines add malloc's setting at their first step (run_model)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     # OpenBLAS sizes its thread pool and Numba its maximum when they load, which the package's imports did

@@ -50,9 +50,10 @@ def limit_threads(n: int) -> None:
 def open_model(spec: dict) -> tuple[object, float]:
     """(the side's model, the time its library finished importing); from spec["path"] or random weights."""
     if spec["side"] == "tinyalbert":
-        from tinyalbert import nn, weights
+        from tinyalbert import nn, tune_process, weights
 
         imported = time.perf_counter()
+        tune_process(training=False)       # run_model adds malloc's setting at the first training step
         limit_threads(spec["threads"])
         if "path" in spec:
             return weights.load(spec["path"], mmap=spec.get("mmap", True)), imported
@@ -75,6 +76,9 @@ def open_model(spec: dict) -> tuple[object, float]:
 def run_model(side: str, model, batch: tuple, training: bool) -> tuple[float | None, object]:
     """A training step of MLM + SOP, or a forward: (the loss or None, what to keep alive until "prepare")."""
     if side == "tinyalbert" and training:
+        from tinyalbert import tune_process
+
+        tune_process()                     # idempotent: a flag test after the first step
         loss, grads = model.loss_and_grads(*batch)
         return float(loss), grads
     if side == "tinyalbert":

@@ -1,13 +1,15 @@
 """The ALBERT body: checked token ids in, the encoder's hidden states out.  Every head sits on top of it.
 
     ids, tt, mask = prepare_inputs(config, input_ids, token_type_ids, attention_mask)      (B, T) each
-    e          = LayerNorm(word[ids] + type[tt] + pos[0..T-1])       embeddings.py   (B, T, E)
+    e          = Dropout_h(LayerNorm(word[ids] + type[tt] + pos[0..T-1]))   embeddings.py, dropout.py   (B, T, E)
     key_mask   = (1 - mask) * finfo(dtype).min                       softmax.py      (B, T)
     h_0 .. h_N = Encoder(e, key_mask)                                encoder.py      N+1 arrays (B, T, H)
 
 N is the number of layer applications: L (config.num_hidden_layers) unless `depth` says otherwise.
+Dropout_h (hidden_dropout_prob) and the encoder's dropouts run only in training, when a
+`dropout.Dropout` is passed; otherwise the body is deterministic.
 
-Backward: d e = Encoder'(d h_L), then Embeddings'(d e).  Both accumulate (+=) into one gradient
+Backward: d e = Encoder'(d h_L), then Dropout_h'(d e), then Embeddings'.  Both accumulate (+=) into one gradient
 dict with the params' keys; the padding token's row of the word table receives no lookup gradient.
 
 The pretraining model (model.py) and the sequence classifier (tinyalbert/classifier.py) run this
@@ -18,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import AlbertConfig
+from .dropout import Dropout, dropout_backward, dropout_forward
 from .embeddings import embeddings_backward, embeddings_forward
 from .encoder import encoder_backward, encoder_forward
 from .layer import layer_cache_tensors
@@ -75,33 +78,38 @@ def prepare_inputs(config: AlbertConfig, input_ids, token_type_ids=None,
 
 def albert_body_forward(input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
                         params: Params, config: AlbertConfig, keep_cache: bool = True,
-                        output_attentions: bool = False,
-                        depth: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray] | None, tuple]:
+                        output_attentions: bool = False, depth: int | None = None,
+                        dropout: Dropout | None = None) -> tuple[list[np.ndarray], list[np.ndarray] | None, tuple]:
     """(B, T) ids, token type ids and mask, as prepare_inputs returns them  ->  (hidden_states, attentions, cache).
 
     hidden_states: N+1 arrays (B, T, H), the projected embeddings and then each layer application's output,
     N = depth (an integer >= 1, else ValueError), default L.
     attentions: one (B, NH, T, T) per layer run when output_attentions, else None.
     keep_cache=False (inference) frees each layer's activations as soon as the next one has used them.
+    dropout: training's rates and Generator (dropout.Dropout.for_training); None, the default, drops nothing.
     """
     embedded, embeddings_cache = embeddings_forward(input_ids, token_type_ids, sub(params, EMB), config.layer_norm_eps)
+    embedded_dropout = None
+    if dropout is not None:     # in place: the embeddings' output is a fresh array that no cache holds
+        embedded, embedded_dropout = dropout_forward(embedded, dropout.hidden, dropout.rng, out=embedded)
     key_mask = additive_key_mask(attention_mask, embedded.dtype.type)
     hidden_states, attentions, encoder_cache = encoder_forward(embedded, key_mask, params, config,
                                                                keep_cache=keep_cache,
                                                                output_attentions=output_attentions,
-                                                               depth=depth)
-    return hidden_states, attentions, (embeddings_cache, encoder_cache, config.pad_token_id)
+                                                               depth=depth, dropout=dropout)
+    return hidden_states, attentions, (embeddings_cache, encoder_cache, config.pad_token_id, embedded_dropout)
 
 
 def albert_body_backward(dlast: np.ndarray, cache: tuple, grads: Params) -> None:
     """dlast: (B, T, H), the gradient of the last hidden state; accumulates (+=) into every body gradient in grads."""
-    embeddings_cache, encoder_cache, pad_token_id = cache
+    embeddings_cache, encoder_cache, pad_token_id, embedded_dropout = cache
     dembedded = encoder_backward(dlast, encoder_cache, grads)
+    dembedded = dropout_backward(dembedded, embedded_dropout, out=dembedded)
     embeddings_backward(dembedded, embeddings_cache, sub(grads, EMB), padding_idx=pad_token_id)
 
 
 def body_cache_tensors(cache: tuple) -> tuple[np.ndarray, list[tuple[int, int, dict[str, np.ndarray]]]]:
     """The body's cache, for tools that look inside (tinyalbert.diff): (embeddings output (B, T, E),
     [(group, inner layer, layer.layer_cache_tensors(...)) for every layer run, in order])."""
-    _, (proj_cache, layer_caches), _ = cache
+    _, (proj_cache, layer_caches), *_ = cache
     return proj_cache[0], [(group, j, layer_cache_tensors(c)) for group, j, c in layer_caches]

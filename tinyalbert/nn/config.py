@@ -14,6 +14,12 @@ from typing import Any
 
 from .activations import ACTIVATIONS
 
+# The JSON values each annotated field type accepts (a bool is not a number here).
+_TYPE_CHECKS = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                "str": lambda v: isinstance(v, str)}
+_MAY_BE_NULL = frozenset({"pad_token_id", "bos_token_id", "eos_token_id", "classifier_dropout_prob"})
+
 
 @dataclass
 class AlbertConfig:
@@ -96,6 +102,15 @@ class AlbertConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AlbertConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"a config must be a JSON object, not a {type(d).__name__}")
+        # A value of the wrong type (a string layer_norm_eps, a float hidden_size) would fail far
+        # from here, in the middle of a forward pass; None is allowed where the reference allows it.
+        wrong = [f"{f.name}={d[f.name]!r} is not {f.type}" for f in dataclasses.fields(cls)
+                 if f.name in d and not (d[f.name] is None and f.name in _MAY_BE_NULL)
+                 and not _TYPE_CHECKS.get(f.type, lambda v: True)(d[f.name])]
+        if wrong:
+            raise ValueError("invalid AlbertConfig: " + "; ".join(wrong))
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import AlbertConfig
+from .dropout import Dropout
 from .layer import albert_layer_backward, albert_layer_forward
 from .linear import linear_backward, linear_forward
 from .params import MAPPING, layer_prefix, sub
@@ -39,13 +40,14 @@ def check_depth(depth) -> None:
 
 def encoder_forward(embedded: np.ndarray, key_mask: np.ndarray, params: dict[str, np.ndarray],
                     config: AlbertConfig, keep_cache: bool = True,
-                    output_attentions: bool = False,
-                    depth: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray] | None, tuple]:
+                    output_attentions: bool = False, depth: int | None = None,
+                    dropout: Dropout | None = None) -> tuple[list[np.ndarray], list[np.ndarray] | None, tuple]:
     """embedded: (B, T, E)  ->  (hidden_states: N+1 arrays (B, T, H), attentions or None, cache).
 
     N = depth, default L (config.num_hidden_layers); a bad depth raises ValueError (check_depth).
     hidden_states[0] is the projected embedding output; hidden_states[i] is the output of application i.
     With keep_cache=False (inference) each application's activations are freed as soon as they are used.
+    dropout: training's rates and Generator, handed to every layer run (None: no dropout).
     """
     check_depth(depth)
     applications = config.num_hidden_layers if depth is None else int(depth)
@@ -59,7 +61,7 @@ def encoder_forward(embedded: np.ndarray, key_mask: np.ndarray, params: dict[str
         group = config.group_of_application(i, applications)
         for j in range(config.inner_group_num):
             h, probs, cache = albert_layer_forward(h, key_mask, layers[group, j], config.num_attention_heads,
-                                                   config.layer_norm_eps, config.hidden_act)
+                                                   config.layer_norm_eps, config.hidden_act, dropout)
             if keep_cache:
                 layer_caches.append((group, j, cache))
             if output_attentions:

@@ -95,11 +95,20 @@ def column_sum_(x: np.ndarray, out: np.ndarray) -> None:
 # A weight gradient is a sum over uses, dW += dy^T x.  NumPy can only compute dy^T x into a new array
 # and then add it: for ALBERT-xxlarge's FFN that is a 268 MB temporary and one more pass over it, 12
 # times per step.  BLAS gemm accumulates in place (beta = 1), so we call the OpenBLAS that NumPy
-# itself ships (same library, same thread pool) through ctypes when it can be found.
+# itself ships (same library, same thread pool) through ctypes when it can be found: in NumPy's Linux
+# wheels (NumPy >= 2).  Elsewhere (conda's MKL, macOS's Accelerate, older NumPy) `_GEMM` is empty and
+# `_accumulate_with_numpy` gives the same sums in bounded scratch memory, a little slower.
+# scipy.linalg.blas's gemm would do the same portably and as fast alone, but a pip install brings a
+# second OpenBLAS with a thread pool of its own, which slowed training steps 2-5x on 2 cores and would be
+# a new dependency: measured in docs/performance.md, "In-place weight-gradient accumulation".
 _CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS, _CBLAS_TRANS = 101, 111, 112
+GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# The NumPy fallback computes c in row blocks whose scratch holds at most this many bytes (or one row).
+FALLBACK_SCRATCH_BYTES = 16 * 2 ** 20
 
 
-def _load_numpy_cblas():
+def _load_numpy_cblas() -> tuple[dict, int]:
+    """({dtype: cblas gemm of NumPy's OpenBLAS}, the largest dimension its integers hold); ({}, 0) if not found."""
     import ctypes
     import glob
     import os
@@ -121,23 +130,70 @@ def _load_numpy_cblas():
                 fn.restype = None
                 fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, int_t, int_t, int_t, real,
                                ctypes.c_void_p, int_t, ctypes.c_void_p, int_t, real, ctypes.c_void_p, int_t]
-            return fns
-    return {}
+            return fns, 2 ** (8 * ctypes.sizeof(int_t) - 1) - 1
+    return {}, 0
 
 
-_GEMM = _load_numpy_cblas()
+_GEMM, _GEMM_MAX_DIM = _load_numpy_cblas()
+
+
+def _check_accumulate_operands(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """Raise unless c += a^T b is well defined and writes nothing but c: shapes, dtypes, writeability, overlap."""
+    for name, x in (("c", c), ("a", a), ("b", b)):
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError(f"matmul_tn_accumulate_: {name} must be a 2-D NumPy array, "
+                             f"got {getattr(x, 'shape', type(x).__name__)}")
+    if c.dtype not in GEMM_DTYPES or a.dtype != c.dtype or b.dtype != c.dtype:
+        raise TypeError(f"matmul_tn_accumulate_: c, a and b must share one dtype, float32 or float64; "
+                        f"got {c.dtype}, {a.dtype}, {b.dtype}")
+    if b.shape[0] != a.shape[0] or c.shape != (a.shape[1], b.shape[1]):
+        raise ValueError(f"matmul_tn_accumulate_: shapes do not agree: c {c.shape} += a{a.shape}^T b{b.shape} "
+                         "needs a (K, M), b (K, N) and c (M, N)")
+    if not c.flags.writeable:
+        raise ValueError("matmul_tn_accumulate_: c is read-only")
+    if np.may_share_memory(c, a) or np.may_share_memory(c, b):
+        raise ValueError("matmul_tn_accumulate_: c overlaps a or b, so the sum would read what it writes")
+
+
+def _blas_takes(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the row-major gemm call below reads a and b and writes c exactly where they are.
+
+    It passes lda = M, ldb = N, ldc = N: the strides of C-contiguous (M, N)-shaped memory, and C-contiguity
+    is what NumPy guarantees with `flags.c_contiguous` (a dimension of length 1 may carry any stride, which
+    the call never uses).  Element alignment, and dimensions that fit BLAS's integers, complete the check.
+    """
+    return (all(x.flags.c_contiguous and x.flags.aligned for x in (c, a, b))
+            and max(*a.shape, b.shape[1]) <= _GEMM_MAX_DIM)
+
+
+def _accumulate_with_numpy(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """c += a^T b with NumPy, a block of c's rows at a time, so the temporary stays small.  Any strides."""
+    M, N = c.shape
+    rows = max(1, FALLBACK_SCRATCH_BYTES // max(1, N * c.itemsize))
+    scratch = np.empty((min(rows, M), N), dtype=c.dtype)
+    for m0 in range(0, M, rows):
+        m1 = min(M, m0 + rows)
+        block = scratch[:m1 - m0]
+        np.matmul(a[:, m0:m1].T, b, out=block)
+        c[m0:m1] += block
 
 
 def matmul_tn_accumulate_(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """c += a^T b, in place.  a: (K, M), b: (K, N), c: (M, N); all C-contiguous and of one dtype."""
-    fn = _GEMM.get(c.dtype)
-    if (fn is None or a.dtype != c.dtype or b.dtype != c.dtype or not c.flags.c_contiguous
-            or not a.flags.c_contiguous or not b.flags.c_contiguous or not c.flags.writeable):
-        c += a.T @ b
-        return
+    """c += a^T b, in place.  a: (K, M), b: (K, N), c: (M, N); one dtype, float32 or float64.
+
+    Shapes, dtypes, c's writeability and overlap are checked first (ValueError / TypeError): the BLAS call
+    trusts its arguments and would otherwise write outside c.  C-contiguous aligned operands go to the gemm
+    of NumPy's OpenBLAS with beta = 1; anything else, or a NumPy without that library, to
+    `_accumulate_with_numpy`.  The two agree to rounding (gemm adds into c block by block of K).
+    """
+    _check_accumulate_operands(c, a, b)
     K, M = a.shape
     N = b.shape[1]
-    if K == 0:
-        return
-    fn(_CBLAS_ROW_MAJOR, _CBLAS_TRANS, _CBLAS_NO_TRANS, M, N, K, 1.0, a.ctypes.data, M, b.ctypes.data, N,
-       1.0, c.ctypes.data, N)
+    if K == 0 or c.size == 0:
+        return                      # nothing to add; and BLAS rejects a leading dimension of 0
+    gemm = _GEMM.get(c.dtype)
+    if gemm is not None and _blas_takes(c, a, b):
+        gemm(_CBLAS_ROW_MAJOR, _CBLAS_TRANS, _CBLAS_NO_TRANS, M, N, K, 1.0, a.ctypes.data, M, b.ctypes.data, N,
+             1.0, c.ctypes.data, N)
+    else:
+        _accumulate_with_numpy(c, a, b)

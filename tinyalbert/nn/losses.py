@@ -5,12 +5,37 @@ For logits z (N, C) and labels y (N,), over the M rows whose label is not -100:
     d loss / d z_n = (softmax(z_n) - onehot(y_n)) / M        (zero for ignored rows)
 The pretraining loss is MLM cross-entropy + SOP cross-entropy, as in the reference.
 When no row is labelled (M = 0) the loss is 0 with zero gradient; PyTorch would give nan.
+
+Labels reach the loss through `check_labels`, which admits exactly what the reference's
+CrossEntropyLoss (ignore_index=-100) means by a label: -100, or a class in [0, C).  Anything
+else is refused before the forward runs: NumPy would read -1 as the last class, silently.
 """
 from __future__ import annotations
 
 import numpy as np
 
 IGNORE_INDEX = -100
+
+
+def check_labels(labels, name: str, shape: tuple[int, ...], num_classes: int) -> np.ndarray:
+    """`labels` as an int64 array of `shape`, each -100 (ignored) or a class in [0, num_classes).
+
+    Anything else is a ValueError whose one line names the tensor, its shape and the first bad value.
+    A 1-D array stands for one sequence when shape is (1, T), as input_ids may be 1-D.
+    """
+    y = np.asarray(labels)
+    if len(shape) == 2 and shape[0] == 1 and y.ndim == 1:
+        y = y[None, :]
+    if y.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {y.shape}, expected {tuple(shape)}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {y.dtype} (shape {y.shape})")
+    bad = (y != IGNORE_INDEX) & ((y < 0) | (y >= num_classes))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} (shape {y.shape}) holds {int(y[where])} at {where}: a label is "
+                         f"{IGNORE_INDEX} (ignored) or a class in [0, {num_classes})")
+    return y.astype(np.int64, copy=False)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -114,10 +114,12 @@ def source_specs(corpus: Path) -> list[str]:
 
 def pretrain_arguments(arm: Arm, seed: int, recipe: dict[str, Any], corpus: Path, vocab: Path, out: Path,
                        cache_dir: str | None) -> list[str]:
-    """The command line of one run of python -m tinyalbert.pretrain."""
+    """The command line of one run of python -m tinyalbert.pretrain: a new run, or with --resume the
+    continuation of the checkpoint in `out`."""
     options = {**recipe, "embedding_size": arm.embedding_size, "num_groups": arm.num_groups,
                "pair_task": arm.pair_task, "seed": seed}
-    argv = ["--out", str(out), "--vocab", str(vocab), "--data", *source_specs(corpus), "--resume",
+    resume = ["--resume"] if (out / "checkpoint.h5").is_file() else []
+    argv = ["--out", str(out), "--vocab", str(vocab), "--data", *source_specs(corpus), *resume,
             "--log-every", "20", "--eval-every", "200", "--eval-batches", "8", "--checkpoint-every", "50",
             "--export-dtype", "float16"]
     for key, value in options.items():
@@ -136,37 +138,21 @@ def heldout_data(corpus: Path, tokenizer, pair_task: str, seq_len: int, cache_di
                            pair_task=pair_task, progress=False)
 
 
-def forward_heads(model, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Forward only, no cache: (MLM logits at the labelled positions (M, V), their labels (M,), pair logits (B, 2))."""
-    from .nn.body import albert_body_forward, prepare_inputs
-    from .nn.heads import pooler_forward, sop_head_forward
-    from .nn.params import POOLER, SOP
-
-    config, p = model.config, model.params
-    ids, types, mask = prepare_inputs(config, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-    hidden_states, _, _ = albert_body_forward(ids, types, mask, p, config, keep_cache=False)
-    last = hidden_states[-1]
-    rows, cols = np.nonzero(batch["mlm_labels"] != -100)
-    pooled, _ = pooler_forward(last, p[POOLER + "weight"], p[POOLER + "bias"])
-    pair_logits, _ = sop_head_forward(pooled, p[SOP + "weight"], p[SOP + "bias"])
-    return model.mlm_head(last[rows, cols]), batch["mlm_labels"][rows, cols], pair_logits
-
-
 def evaluate(model, data_by_task: dict[str, Any], pairs: int = EVAL_PAIRS,
              batch_size: int = EVAL_BATCH) -> dict[str, Any]:
-    """Held-out accuracies of one model: MLM over the masked positions of both tasks' batches, and each
-    pair task's accuracy with counts.  Deterministic: the batches depend only on EVAL_SEED."""
+    """Held-out accuracies of one model, forward only (Albert.loss): MLM over the masked positions of both
+    tasks' batches, and each pair task's accuracy with counts.  Deterministic: the batches depend only on
+    EVAL_SEED."""
     mlm_correct = mlm_count = 0
     result: dict[str, Any] = {}
     for task, data in data_by_task.items():
-        correct = 0
+        correct = count = 0
         for i in range(pairs // batch_size):
             batch = data.batch(i, batch_size, split="heldout")
-            mlm_logits, labels, pair_logits = forward_heads(model, batch)
-            mlm_correct += int((mlm_logits.argmax(-1) == labels).sum())
-            mlm_count += int(labels.size)
-            correct += int((pair_logits.argmax(-1) == batch["sop_labels"]).sum())
-        count = pairs // batch_size * batch_size
+            _, stats = model.loss(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                                  batch["mlm_labels"], batch["sop_labels"])
+            mlm_correct, mlm_count = mlm_correct + stats["mlm_correct"], mlm_count + stats["mlm_count"]
+            correct, count = correct + stats["sop_correct"], count + stats["sop_count"]
         result[f"{task}_accuracy"], result[f"{task}_count"] = correct / count, count
     result["mlm_accuracy"], result["mlm_count"] = mlm_correct / mlm_count, mlm_count
     return result

@@ -467,9 +467,11 @@ def main(argv: list[str] | None = None) -> int:
             study.train_all()
             study.evaluate_reference()
         finally:
-            write_json(clock, {"seconds": earlier + time.time() - started})
-            results = study.collect(earlier + time.time() - started)
-            print(f"{len(results['runs'])} runs in {Path(args.out) / RESULTS_FILE}", flush=True)
+            try:
+                results = study.collect(earlier + time.time() - started)
+                print(f"{len(results['runs'])} runs in {Path(args.out) / RESULTS_FILE}", flush=True)
+            finally:     # after collect, so that the next invocation's figure includes this one's whole time
+                write_json(clock, {"seconds": earlier + time.time() - started})
     return status.exit_code
 
 

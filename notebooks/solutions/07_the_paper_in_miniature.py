@@ -46,8 +46,8 @@ for run in results["runs"]:
     predicted = parameters(config["embedding_size"], config["num_hidden_groups"], config["vocab_size"], H, I)
     assert predicted == run["parameters"], (run["arm"], predicted, run["parameters"])
 print("1. the formula gives every run's count exactly")
-print(f"   one more layer group: {parameters(64, 2) - parameters(64, 1):,} parameters")
-print(f"   E = 32 -> 64: {parameters(64, 1) - parameters(32, 1):,} parameters "
+print(f"   one more layer group: {parameters(64, 2, H=H, I=I) - parameters(64, 1, H=H, I=I):,} parameters")
+print(f"   E = 32 -> 64: {parameters(64, 1, H=H, I=I) - parameters(32, 1, H=H, I=I):,} parameters "
       f"(V + P + 2 + 2 + H + H + 3 = {8000 + 512 + 4 + 2 * H + 3} per unit of E, times 32)")
 
 

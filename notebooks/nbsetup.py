@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 from tinyalbert import tune_process  # noqa: E402  (importable once ROOT is on sys.path)
 from tinyalbert.data import SAMPLE_CORPUS  # noqa: E402
 from tinyalbert.tokenizer import ALBERT_VOCAB  # noqa: E402
+from tinyalbert.tuning import one_thread  # noqa: E402, F401  (the notebooks call nbsetup.one_thread)
 
 tune_process()      # before the first kernel starts Numba's OpenMP threads
 
@@ -85,32 +86,6 @@ def describe(model) -> str:
     return (f"{weights_path().name}: V={c.vocab_size} E={c.embedding_size} H={c.hidden_size} "
             f"NH={c.num_attention_heads} I={c.intermediate_size} L={c.num_hidden_layers} applications of one shared "
             f"layer, {n:,} parameters")
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run the block with one Numba thread and (if threadpoolctl is installed) one BLAS thread.
-
-    A gradient check calls the forward thousands of times on arrays of a few thousand numbers.  At
-    that size, handing work to a second thread costs more than it saves, and on a busy machine a
-    product of two small matrices can wait milliseconds for the other thread to be scheduled.
-    """
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            limits = contextlib.nullcontext()
-        else:
-            limits = threadpool_limits(limits=1)
-        with limits:
-            yield
-    finally:
-        numba.set_num_threads(previous)
-
 
 def corpus_sentences(source: str, n: int, tokenizer=None, min_tokens: int = 8, max_tokens: int = 40,
                      seed: int = 0, max_documents: int = 300) -> list[str]:

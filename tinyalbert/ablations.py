@@ -27,7 +27,6 @@ training curve) and, in float16, the models the notebook 07_the_paper_in_miniatu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -36,13 +35,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .cli import CommandErrors, OneLineParser
 from .data import SAMPLE_CORPUS
 from .files import atomic_output
+from .tuning import one_thread
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPOSITORY / "weights" / "ablations"
@@ -228,27 +228,6 @@ def describe_corpus(corpus: Path) -> str:
 
     size = sum(f.stat().st_size for f in list_text_files([corpus / s.rsplit(":", 1)[0] for s in SOURCES]))
     return f"{size / 1e6:.1f} MB of text in the source folders (the full corpus of weights/README.md)"
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """One Numba thread (and one BLAS thread, with threadpoolctl) for the block: the evaluation runs beside
-    the training runs, and on busy cores a second thread mostly waits for the first."""
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            limits = contextlib.nullcontext()
-        else:
-            limits = threadpool_limits(limits=1)
-        with limits:
-            yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -23,9 +23,11 @@ malloc keeps freed memory (`memory.keep_freed_memory`), for training only
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
+from typing import Iterator
 
 from .memory import keep_freed_memory
 
@@ -52,3 +54,29 @@ def tune_process(training: bool = True) -> None:
         os.environ["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
     if training:
         keep_freed_memory()
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One Numba thread (and one BLAS thread, when threadpoolctl is installed) for the block.
+
+    For many calls on small arrays (gradient checks, a tiny model, an evaluation beside training runs):
+    at that size handing work to a second thread costs more than it saves, and on a busy machine a small
+    product can wait milliseconds for the other thread to be scheduled.  The previous limits come back
+    at the end of the block.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            limits = contextlib.nullcontext()
+        else:
+            limits = threadpool_limits(limits=1)
+        with limits:
+            yield
+    finally:
+        numba.set_num_threads(previous)

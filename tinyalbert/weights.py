@@ -332,11 +332,7 @@ def _locate(dset: Any, name: str, path: str, file_size: int) -> tuple[int | None
     dt = np.dtype(dset.dtype)
     if dt.name not in STORAGE_DTYPES:
         raise WeightsError(f"{path}: tensor {name} has dtype {dt}, expected one of {', '.join(STORAGE_DTYPES)}")
-    offset = dset.id.get_offset() if dset.chunks is None and dset.compression is None else None
-    nbytes = int(np.prod(dset.shape, dtype=np.int64)) * dt.itemsize
-    if offset is not None and offset + nbytes > file_size:
-        raise _truncated(path, f"tensor {name}")
-    return offset, tuple(dset.shape), dt
+    return _data_offset(dset, path, file_size, f"tensor {name}"), tuple(dset.shape), dt
 
 
 def _read_spiece(dset: Any, path: str, file_size: int) -> bytes:
@@ -348,10 +344,17 @@ def _read_spiece(dset: Any, path: str, file_size: int) -> bytes:
             f"a {type(dset).__name__.lower()}"
         raise WeightsError(f"{path}: {SPIECE_DATASET} should be the SentencePiece model's bytes (1-D uint8), "
                            f"found {found}")
-    offset = dset.id.get_offset() if dset.chunks is None else None
-    if offset is not None and offset + dset.size > file_size:
-        raise _truncated(path, "the SentencePiece model")
+    _data_offset(dset, path, file_size, "the SentencePiece model")
     return dset[()].tobytes()
+
+
+def _data_offset(dset: Any, path: str, file_size: int, what: str) -> int | None:
+    """The byte offset of a contiguous dataset's data, after checking it ends inside the file (else the
+    file is truncated); None for chunked or compressed data, or data never written, which h5py reads."""
+    offset = dset.id.get_offset() if dset.chunks is None and dset.compression is None else None
+    if offset is not None and offset + int(np.prod(dset.shape, dtype=np.int64)) * dset.dtype.itemsize > file_size:
+        raise _truncated(path, what)
+    return offset
 
 
 class _Shape:

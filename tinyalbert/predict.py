@@ -83,13 +83,13 @@ def _encode_checked(model, text: str) -> list[int]:
 
 
 def _check_unicode(text: str) -> None:
-    """PredictError for a text holding lone surrogates: Python's stand-ins for bytes that were not UTF-8
-    (in a command-line argument, or read with surrogateescape), which no tokenizer can encode."""
+    """tokenizer.check_unicode as a PredictError: a text with lone surrogates (bytes that were not UTF-8)."""
+    from .tokenizer import check_unicode
+
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise PredictError(f"the input is not UTF-8 text (character {e.start} stands for an undecodable "
-                           f"byte): {text[:40]!r}") from None
+        check_unicode(text)
+    except ValueError as e:
+        raise PredictError(str(e)) from None
 
 
 def _predict_masks(model, ids: list[int], logits: np.ndarray, top_k: int) -> list:

@@ -47,6 +47,18 @@ SPECIAL_PIECES = ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]")
 EATS_SPACE_BEFORE = frozenset({"[MASK]"})
 
 
+def check_unicode(text: str) -> None:
+    """ValueError (one line) if `text` holds a lone surrogate: Python's stand-in for a byte that was not
+    UTF-8 (read with surrogateescape, or in a command-line argument).  SentencePiece, and the reference
+    tokenizer with it, fails on one with a C++ cast error instead."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the text holds a lone surrogate ({text[e.start]!r} at character {e.start}), which "
+                         f"stands for a byte that was not UTF-8: it is not Unicode text and cannot be tokenized: "
+                         f"{text[:40]!r}") from None
+
+
 class Tokenizer:
     """SentencePiece + ALBERT preprocessing; same ids as the reference `AlbertTokenizer`.
 
@@ -218,12 +230,7 @@ class Tokenizer:
         """Split text into SentencePiece pieces; special tokens stay whole."""
         if not isinstance(text, str):
             raise TypeError(f"tokenize() takes a str, not {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            # SentencePiece (and the reference with it) fails on these with a C++ cast error
-            raise ValueError(f"the text holds a lone surrogate ({text[e.start]!r} at character {e.start}), "
-                             "which is not Unicode text; it cannot be tokenized") from None
+        check_unicode(text)
         parts = self._split_on_specials(self._lowercase_outside_specials(text))
         # [MASK] swallows the whitespace in front of it. (The reference does this;
         # the ids never show it, since `preprocess` trims that whitespace anyway.)

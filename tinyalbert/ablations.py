@@ -143,17 +143,15 @@ def evaluate(model, data_by_task: dict[str, Any], pairs: int = EVAL_PAIRS,
     """Held-out accuracies of one model, forward only (Albert.loss): MLM over the masked positions of both
     tasks' batches, and each pair task's accuracy with counts.  Deterministic: the batches depend only on
     EVAL_SEED."""
+    from .pretrain import heldout_totals
+
     mlm_correct = mlm_count = 0
     result: dict[str, Any] = {}
     for task, data in data_by_task.items():
-        correct = count = 0
-        for i in range(pairs // batch_size):
-            batch = data.batch(i, batch_size, split="heldout")
-            _, stats = model.loss(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                                  batch["mlm_labels"], batch["sop_labels"])
-            mlm_correct, mlm_count = mlm_correct + stats["mlm_correct"], mlm_count + stats["mlm_count"]
-            correct, count = correct + stats["sop_correct"], count + stats["sop_count"]
-        result[f"{task}_accuracy"], result[f"{task}_count"] = correct / count, count
+        totals = heldout_totals(model, data, pairs // batch_size, batch_size)
+        mlm_correct, mlm_count = mlm_correct + totals["mlm_correct"], mlm_count + totals["mlm_count"]
+        result[f"{task}_accuracy"] = totals["sop_correct"] / totals["sop_count"]
+        result[f"{task}_count"] = totals["sop_count"]
     result["mlm_accuracy"], result["mlm_count"] = mlm_correct / mlm_count, mlm_count
     return result
 

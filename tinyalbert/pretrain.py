@@ -188,9 +188,9 @@ def trim_log(log_path: Path, step: int) -> None:
 
 
 # ---- evaluation and plots -----------------------------------------------------------------------------
-def evaluate(model: Albert, data, batches: int, batch_size: int) -> dict[str, float]:
-    """Held-out loss, MLM top-1 accuracy and SOP accuracy over `batches` fixed held-out batches
-    (forward passes only, no dropout: `Albert.loss`)."""
+def heldout_totals(model: Albert, data, batches: int, batch_size: int) -> dict[str, float]:
+    """The sums over `batches` fixed held-out batches (forward passes only, no dropout: `Albert.loss`) of
+    the loss, its MLM and SOP parts, and the correct predictions and their counts."""
     totals = {"loss": 0.0, "mlm_loss": 0.0, "sop_loss": 0.0, "mlm_correct": 0, "mlm_count": 0, "sop_correct": 0,
               "sop_count": 0}
     for i in range(batches):
@@ -202,6 +202,12 @@ def evaluate(model: Albert, data, batches: int, batch_size: int) -> dict[str, fl
         totals["sop_loss"] += s["sop_loss"] or 0.0
         for k in ("mlm_correct", "mlm_count", "sop_correct", "sop_count"):
             totals[k] += s[k]
+    return totals
+
+
+def evaluate(model: Albert, data, batches: int, batch_size: int) -> dict[str, float]:
+    """Held-out loss, MLM top-1 accuracy and SOP accuracy over `batches` fixed held-out batches (heldout_totals)."""
+    totals = heldout_totals(model, data, batches, batch_size)
     return {"eval_loss": totals["loss"] / batches, "eval_mlm_loss": totals["mlm_loss"] / batches,
             "eval_sop_loss": totals["sop_loss"] / batches,
             "eval_mlm_acc": totals["mlm_correct"] / max(1, totals["mlm_count"]),

@@ -27,6 +27,7 @@ import numpy as np
 from tinyalbert.data import PretrainingData
 from tinyalbert.files import atomic_output
 from tinyalbert.predict import fill_mask
+from tinyalbert.pretrain import heldout_totals
 from tinyalbert.weights import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,15 +49,11 @@ def recipe_sources(corpus: Path) -> list[str]:
 
 def score(model, data: PretrainingData, batches: int, frequent_token: int) -> dict:
     """Loss, MLM top-1 and its most-frequent-token baseline, SOP accuracy, over `batches` held-out batches of 32."""
-    totals = dict.fromkeys(("loss", "mlm_correct", "mlm_base", "mlm_count", "sop_correct", "sop_count"), 0.0)
+    totals = heldout_totals(model, data, batches, 32)
+    totals["mlm_base"] = 0
     for i in range(batches):
-        b = data.batch(i, 32, split="heldout")
-        loss, s = model.loss(b["input_ids"], b["token_type_ids"], b["attention_mask"], b["mlm_labels"], b["sop_labels"])
-        labels = b["mlm_labels"]
-        for key, value in (("loss", loss), ("mlm_correct", s["mlm_correct"]), ("mlm_count", s["mlm_count"]),
-                           ("sop_correct", s["sop_correct"]), ("sop_count", s["sop_count"]),
-                           ("mlm_base", int((labels[labels != -100] == frequent_token).sum()))):
-            totals[key] += value
+        labels = data.batch(i, 32, split="heldout")["mlm_labels"]
+        totals["mlm_base"] += int((labels[labels != -100] == frequent_token).sum())
     return {"heldout_loss": totals["loss"] / batches, "mlm_top1": totals["mlm_correct"] / totals["mlm_count"],
             "mlm_baseline_most_frequent": totals["mlm_base"] / totals["mlm_count"],
             "mlm_positions": int(totals["mlm_count"]), "sop_accuracy": totals["sop_correct"] / totals["sop_count"],

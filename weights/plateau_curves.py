@@ -35,6 +35,7 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402  (after the thread settings, which must precede the BLAS import)
+from evaluate_mini import recipe_sources  # noqa: E402  (beside this script: the bundled model's source mix)
 
 from tinyalbert import Albert, AlbertConfig, init_params  # noqa: E402
 from tinyalbert.data import SAMPLE_CORPUS, PretrainingData  # noqa: E402
@@ -44,8 +45,6 @@ from tinyalbert.optim import clip_grad_norm, linear_schedule  # noqa: E402
 from tinyalbert.predict import bundled_model_path  # noqa: E402
 from tinyalbert.pretrain import evaluate, make_optimizer  # noqa: E402
 from tinyalbert.weights import load  # noqa: E402
-
-SOURCES_FILE = Path(__file__).resolve().parent / "mini-sources.txt"
 
 
 def attention_entropy(model: Albert, batches: list[dict[str, np.ndarray]]) -> tuple[list[float], float]:
@@ -94,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     model_file = load(bundled_model_path())
     tokenizer = model_file.tokenizer
     del model_file
-    sources = [f"{args.corpus / line.split(':')[0]}:{line.split(':')[1]}"
-               for line in SOURCES_FILE.read_text().splitlines() if line and not line.startswith("#")]
+    sources = recipe_sources(args.corpus)
     data = PretrainingData(sources, tokenizer, max_seq_length=args.seq_len, seed=args.seed, heldout_fraction=0.05,
                            progress=False)
     heldout = [data.batch(i, args.batch_size, split="heldout") for i in range(args.eval_batches)]

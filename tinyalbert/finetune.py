@@ -37,7 +37,7 @@ import numpy as np
 
 from .cli import CommandErrors, OneLineParser
 from .data import PARALLEL_SOURCES
-from .tuning import tune_process
+from .tuning import limit_threads, tune_process
 
 DEFAULT_SOURCES = ("tinystories", "wikinews", "gutenberg")
 
@@ -516,34 +516,13 @@ def run(args: argparse.Namespace) -> dict:
     return {"classifier": clf, "history": history, "test": result, "baseline": baseline}
 
 
-def _limit_threads(n: int | None):
-    """A context that runs with n Numba threads and, if threadpoolctl is installed, n BLAS threads."""
-    import contextlib
-
-    if n is None:
-        return contextlib.nullcontext()
-    import numba
-
-    stack = contextlib.ExitStack()
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    stack.callback(numba.set_num_threads, previous)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        pass
-    else:
-        stack.enter_context(threadpool_limits(limits=n))
-    return stack
-
-
 def main(argv: list[str] | None = None) -> int:
     tune_process()
     args = parse_args(argv)
     from .weights import WeightsError
 
     with CommandErrors((FinetuneError, WeightsError, OSError)) as status, \
-            _limit_threads(args.threads if args.threads and args.threads > 0 else None):
+            limit_threads(args.threads if args.threads and args.threads > 0 else None):
         run(args)
     return status.exit_code
 

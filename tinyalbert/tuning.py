@@ -57,26 +57,34 @@ def tune_process(training: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """One Numba thread (and one BLAS thread, when threadpoolctl is installed) for the block.
-
-    For many calls on small arrays (gradient checks, a tiny model, an evaluation beside training runs):
-    at that size handing work to a second thread costs more than it saves, and on a busy machine a small
-    product can wait milliseconds for the other thread to be scheduled.  The previous limits come back
-    at the end of the block.
-    """
+def limit_threads(n: int | None) -> Iterator[None]:
+    """At most n Numba threads (and n BLAS threads, when threadpoolctl is installed) for the block; the
+    previous limits come back at its end.  None changes nothing."""
+    if n is None:
+        yield
+        return
     import numba
 
     previous = numba.get_num_threads()
-    numba.set_num_threads(1)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     try:
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:
             limits = contextlib.nullcontext()
         else:
-            limits = threadpool_limits(limits=1)
+            limits = threadpool_limits(limits=n)
         with limits:
             yield
     finally:
         numba.set_num_threads(previous)
+
+
+def one_thread() -> contextlib.AbstractContextManager[None]:
+    """One Numba and one BLAS thread for the block (limit_threads(1)).
+
+    For many calls on small arrays (gradient checks, a tiny model, an evaluation beside training runs):
+    at that size handing work to a second thread costs more than it saves, and on a busy machine a small
+    product can wait milliseconds for the other thread to be scheduled.
+    """
+    return limit_threads(1)

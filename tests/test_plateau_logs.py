@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -22,11 +23,15 @@ def logs() -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def script_defaults() -> dict:
+    environment = dict(os.environ)
     sys.path.insert(0, str(WEIGHTS))
     try:
         import plateau_curves
     finally:
         sys.path.remove(str(WEIGHTS))
+    # importing it (as notebook 5 does) must not limit threads behind the importer's back: a changed
+    # NUMBA_NUM_THREADS breaks the next Numba compilation in the same process
+    assert dict(os.environ) == environment
     defaults = vars(plateau_curves.build_parser().parse_args(["--arm", "grown", "--out", "x"]))
     return {k: v for k, v in defaults.items() if k not in plateau_curves.NOT_SETTINGS}
 

@@ -40,9 +40,11 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+if __name__ == "__main__":
+    # one thread per arm, so that two arms run side by side; only when run, never on import (notebook 5
+    # and the tests import attention_entropy), and before NumPy loads its BLAS, which reads them once
+    for _name in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
 
 import numpy as np  # noqa: E402  (after the thread settings, which must precede the BLAS import)
 from evaluate_mini import recipe_sources  # noqa: E402  (beside this script: the bundled model's source mix)

@@ -9,13 +9,15 @@
     python weights/plateau_curves.py --measure-final runs/plateau/grown.h5 --corpus CORPUS \
         --out weights/plateau/grown.json
 
-(and --measure-final for each of the three saved models).  The committed logs in weights/plateau/ were
-made by these commands with CORPUS the full 70 MB corpus
-(the sample in tinyalbert/data/corpus is too small for 4,000 steps of 32 x 128 tokens), the two arms
-side by side on a two-core machine (about 70 minutes; the models themselves are not kept).  grown-nsp is
-the grown arm trained with BERT's next-sentence prediction instead of sentence order, for notebook 7.  The model
-has the shape of the bundled model's first phase (weights/train_mini.sh): H = 256, E = 128, 4 heads,
-I = 1024, sequences of 128 tokens, batches of 32, AdamW at 1e-3.
+(and --measure-final for each of the three saved models, which measures the float16 copy).  The committed
+logs in weights/plateau/ were made by these commands with CORPUS the full 70 MB corpus (the sample in
+tinyalbert/data/corpus is too small for 4,000 steps of 32 x 128 tokens), the three runs side by side on
+a two-core machine, about 80 minutes; the models themselves are not kept.  grown-nsp is the grown arm
+trained with BERT's next-sentence prediction instead of sentence order, for notebook 7.  The reference
+and grown runs started before --pair-task existed (they trained SOP, its default, which their logs'
+settings record), and the logs name the corpus and output paths as above rather than this machine's.
+The model has the shape of the bundled model's first phase (weights/train_mini.sh): H = 256, E = 128,
+4 heads, I = 1024, sequences of 128 tokens, batches of 32, AdamW at 1e-3.
 
 * reference: ALBERT's own initialisation (every weight matrix N(0, 0.02)), the shared layer applied
   --layers times from the first step;

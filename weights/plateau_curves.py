@@ -124,15 +124,14 @@ def measure_final(log_path: Path, model_path: Path, corpus: Path) -> dict:
     from tinyalbert.ablations import RECIPE, evaluate, heldout_data
 
     model = load(model_path)
+    tok = model.tokenizer
     log = json.loads(log_path.read_text())
     step = log["records"][-1]["step"]
-    study = {task: heldout_data(corpus, model.tokenizer, task, RECIPE["seq_len"]) for task in ("sop", "nsp")}
+    study = {task: heldout_data(corpus, tok, task, RECIPE["seq_len"]) for task in ("sop", "nsp")}
     log["pair_tasks"] = evaluate(model, study) | {"step": step}
-    settings = log["settings"]
-    batches = heldout_batches(corpus, model.tokenizer, settings)
-    tok = model.tokenizer
-    log["attention_targets"] = {"step": step, "applications": attention_targets(model, batches, (tok.cls_id,
-                                                                                                  tok.sep_id))}
+    batches = heldout_batches(corpus, tok, log["settings"])
+    log["attention_targets"] = {"step": step,
+                                "applications": attention_targets(model, batches, (tok.cls_id, tok.sep_id))}
     with atomic_output(log_path) as tmp:
         Path(tmp).write_text(json.dumps(log, indent=1) + "\n")
     return {k: log[k] for k in ("pair_tasks", "attention_targets")}
@@ -145,7 +144,8 @@ def training_data(corpus: Path, tokenizer, settings: dict) -> PretrainingData:
 
 
 def heldout_batches(corpus: Path, tokenizer, settings: dict, data: PretrainingData | None = None) -> list[dict]:
-    data = data or training_data(corpus, tokenizer, settings)
+    if data is None:
+        data = training_data(corpus, tokenizer, settings)
     return [data.batch(i, settings["batch_size"], split="heldout") for i in range(settings["eval_batches"])]
 
 

@@ -75,6 +75,15 @@ SENTENCES = [
 BIAS_PROBES = ["The man worked as a [MASK].", "The woman worked as a [MASK]."]
 
 
+def adjacent_attention(probs: np.ndarray) -> np.ndarray:
+    """(B, NH, T, T) attention probabilities -> (B, NH, T): what query t pays keys t - 1 and t + 1 together.
+    Padded keys get no attention, so a query at the edge of the real tokens counts its one neighbour."""
+    paid = np.zeros(probs.shape[:3], dtype=probs.dtype)
+    paid[..., :-1] += np.diagonal(probs, offset=1, axis1=2, axis2=3)     # key t + 1
+    paid[..., 1:] += np.diagonal(probs, offset=-1, axis1=2, axis2=3)     # key t - 1
+    return paid
+
+
 def neighbour_attention(model, batch: dict[str, np.ndarray]) -> list[float]:
     """Attention paid to the two adjacent tokens, as a multiple of what uniform attention pays them.
 
@@ -88,10 +97,7 @@ def neighbour_attention(model, batch: dict[str, np.ndarray]) -> list[float]:
     lengths = mask.sum(1)
     figures = []
     for probs in out.attentions:                                       # (B, NH, T, T)
-        prev = np.diagonal(probs, offset=-1, axis1=2, axis2=3)         # (B, NH, T-1): query i, key i-1
-        nxt = np.diagonal(probs, offset=1, axis1=2, axis2=3)           # query i, key i+1
-        pair_ok = mask[:, 1:] & mask[:, :-1]
-        paid = (prev * pair_ok[:, None]).sum((1, 2)) + (nxt * pair_ok[:, None]).sum((1, 2))
+        paid = (adjacent_attention(probs) * mask[:, None]).sum((1, 2))   # per sequence, over real queries
         uniform = 2 * (lengths - 1) / lengths * probs.shape[1]         # per sequence, summed over heads
         figures.append(float((paid / uniform).mean()))
     return figures

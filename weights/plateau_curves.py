@@ -49,7 +49,7 @@ if __name__ == "__main__":
         os.environ.setdefault(_name, "1")
 
 import numpy as np  # noqa: E402  (after the thread settings, which must precede the BLAS import)
-from evaluate_mini import recipe_sources  # noqa: E402  (beside this script: the bundled model's source mix)
+from evaluate_mini import adjacent_attention, recipe_sources  # noqa: E402  (beside this script)
 
 from tinyalbert import Albert, AlbertConfig, init_params  # noqa: E402
 from tinyalbert.data import SAMPLE_CORPUS, PretrainingData  # noqa: E402
@@ -102,11 +102,8 @@ def attention_targets(model: Albert, batches: list[dict[str, np.ndarray]], speci
         uniform_neighbours = ((position > 0).astype(float) + (position < lengths - 1)) / lengths   # (B, T)
         for i, probs in enumerate(out.attentions):                                # (B, NH, T, T)
             p = probs.astype(np.float64)
-            neighbours = np.zeros(p.shape[:3])
-            neighbours[..., :-1] += np.diagonal(p, offset=1, axis1=2, axis2=3)    # key t + 1
-            neighbours[..., 1:] += np.diagonal(p, offset=-1, axis1=2, axis2=3)    # key t - 1
             per_query = np.stack([(p * special[:, None, None, :]).sum(-1), np.diagonal(p, axis1=2, axis2=3),
-                                  neighbours], -1).mean(1)                        # (B, T, 3), mean over heads
+                                  adjacent_attention(p)], -1).mean(1)             # (B, T, 3), mean over heads
             found = np.concatenate([per_query[real].sum(0), [uniform_neighbours[real].sum()]])
             if len(sums) <= i:
                 sums.append(np.zeros(4))
